@@ -1,0 +1,38 @@
+"""The ``longforge`` command. Each method package contributes its own subcommands."""
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from longforge.progress import set_quiet
+
+app = typer.Typer(
+    name="longforge",
+    help="Long-context LLM toolkit: synthesize long-context training data (Quest), score "
+         "documents for long dependencies (ProLong), and decode long contexts with "
+         "query-aware sparse attention (Quest).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status."),
+         log_level: str = typer.Option("WARNING", help="Python logging level.")) -> None:
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    set_quiet(quiet)
+
+
+def _register() -> None:
+    # Each package owns its subcommands; this is the only list of them.
+    from longforge.demo import demo
+
+    app.command(help="Run the main job on the bundled model and sample corpus.")(demo)
+
+
+_register()
+
+if __name__ == "__main__":
+    app()
