@@ -1,0 +1,103 @@
+"""Quest decode-step operations in plain PyTorch: the reference every fast path is tested against.
+
+Shapes: ``q`` is ``[B, H_q, D]`` (one decode step), the store holds ``H_kv`` heads with
+``G = H_q / H_kv`` query heads per KV group.
+
+GQA choice: pages are selected **per KV group**, so each selected page is read once per group.
+A group's score for a page is the **max** over its query heads of their criticality: a page that
+is critical to any head of the group is kept (the max of per-head upper bounds is an upper bound
+of max_g q_g.k for every key k in the page).
+"""
+from __future__ import annotations
+
+import torch
+
+from longforge.sparse.store import PagedKV
+
+
+def criticality(q: torch.Tensor, meta: torch.Tensor, n_pages: int) -> torch.Tensor:
+    """Per-head page criticality ``[B, H_kv, G, n_pages]``: sum_d max(q_d*max_d, q_d*min_d)."""
+    b, hq, d = q.shape
+    hkv = meta.shape[1]
+    qg = q.view(b, hkv, hq // hkv, d)
+    q2 = torch.cat([qg.clamp(min=0), qg.clamp(max=0)], dim=-1).to(meta.dtype)
+    return torch.matmul(q2, meta[:, :, :n_pages].transpose(-1, -2))
+
+
+def select_pages(q: torch.Tensor, store: PagedKV, budget_pages: int) -> torch.Tensor:
+    """Indices ``[B, H_kv, K]`` of the top-K pages per KV group; the last page is always kept.
+
+    Callers handle ``budget_pages >= n_pages`` (dense) before calling.
+    """
+    n = store.n_pages
+    crit = criticality(q, store.meta, n).amax(dim=2)  # [B, H_kv, n]
+    crit[..., n - 1] = float("inf")
+    k = max(1, min(budget_pages, n))
+    return crit.topk(k, dim=-1, sorted=False).indices
+
+
+def gather_pages(x: torch.Tensor, pages: torch.Tensor, page_size: int) -> torch.Tensor:
+    """``x[B, H, cap, D]`` -> the selected pages ``[B, H, K*P, D]`` (a copy)."""
+    b, h, cap, d = x.shape
+    paged = x.view(b, h, cap // page_size, page_size, d)
+    idx = pages[..., None, None].expand(-1, -1, -1, page_size, d)
+    return torch.gather(paged, 2, idx).flatten(2, 3)
+
+
+def token_positions(pages: torch.Tensor, page_size: int) -> torch.Tensor:
+    """Token index of each gathered slot: ``[B, H, K*P]``."""
+    offs = torch.arange(page_size, device=pages.device)
+    return (pages[..., None] * page_size + offs).flatten(-2)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None,
+           scale: float, softcap: float | None = None) -> torch.Tensor:
+    """Exact softmax attention of ``q[B, H_kv, G, D]`` over ``k, v [B, H_kv, T, D]``.
+
+    ``valid`` is a bool ``[B, H_kv, T]`` (or broadcastable) mask of keys that may be attended.
+    """
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if softcap:
+        s = torch.tanh(s / softcap) * softcap
+    if valid is not None:
+        s = s.masked_fill(~valid[:, :, None, :], float("-inf"))
+    return torch.matmul(torch.softmax(s.float(), dim=-1).to(v.dtype), v)
+
+
+def dense_decode(q: torch.Tensor, store: PagedKV, scale: float, key_mask: torch.Tensor | None = None,
+                 softcap: float | None = None) -> torch.Tensor:
+    """Dense decode attention over the whole cache. ``key_mask``: bool ``[B, L]`` (True = attend)."""
+    b, hq, d = q.shape
+    hkv = store.k.shape[1]
+    valid = None if key_mask is None else key_mask[:, None, : store.length]
+    out = attend(q.view(b, hkv, hq // hkv, d), store.keys(), store.values(), valid, scale, softcap)
+    return out.reshape(b, hq, d)
+
+
+def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: float,
+                 key_mask: torch.Tensor | None = None, softcap: float | None = None) -> torch.Tensor:
+    """One Quest decode step: select the critical pages per KV group, attend over them exactly.
+
+    Dense when the context fits the budget. A budget below one page still keeps the last page.
+    """
+    P = store.page_size
+    budget_pages = max(1, token_budget // P)
+    if store.n_pages <= budget_pages:
+        return dense_decode(q, store, scale, key_mask, softcap)
+    b, hq, d = q.shape
+    hkv = store.k.shape[1]
+    pages = select_pages(q, store, budget_pages)
+    k, v = gather_pages(store.k, pages, P), gather_pages(store.v, pages, P)
+    pos = token_positions(pages, P)
+    valid = pos < store.length
+    if key_mask is not None:
+        full = _pad_mask(key_mask, store.capacity)[:, None, :].expand(-1, hkv, -1)
+        valid &= torch.gather(full, 2, pos)
+    out = attend(q.view(b, hkv, hq // hkv, d), k, v, valid, scale, softcap)
+    return out.reshape(b, hq, d)
+
+
+def _pad_mask(key_mask: torch.Tensor, capacity: int) -> torch.Tensor:
+    m = torch.zeros(key_mask.shape[0], capacity, dtype=torch.bool, device=key_mask.device)
+    m[:, : key_mask.shape[1]] = key_mask.bool()
+    return m

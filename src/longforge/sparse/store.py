@@ -1,0 +1,83 @@
+"""Paged KV storage for one attention layer, made for page reads.
+
+Layout (per layer): keys and values are preallocated as ``[B, H_kv, capacity, D]``; a page is
+``P`` consecutive tokens, so page ``p`` of head ``h`` is the contiguous block
+``k[b, h, p*P:(p+1)*P]``. Nothing grows by concatenation: appending writes in place.
+
+Page metadata is one tensor ``meta[B, H_kv, n_pages_cap, 2*D]`` holding, per page and KV head,
+the element-wise max of the page's keys in ``[..., :D]`` and the element-wise min in
+``[..., D:]``. Keeping both halves in one row lets criticality stream the metadata once:
+
+    crit(q, page) = sum_d max(q_d*max_d, q_d*min_d) = [relu(q), min(q, 0)] . [max, min]
+
+Appending ``T`` tokens recomputes the metadata of the (at most ``T/P + 2``) pages they touch,
+reading only those pages' keys, never the whole cache.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class PagedKV:
+    def __init__(self, batch: int, kv_heads: int, head_dim: int, capacity: int,
+                 page_size: int = 16, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu", meta_dtype: torch.dtype | None = None):
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        self.page_size = page_size
+        self.capacity = math.ceil(capacity / page_size) * page_size
+        self.k = torch.zeros(batch, kv_heads, self.capacity, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.meta = torch.zeros(batch, kv_heads, self.capacity // page_size, 2 * head_dim,
+                                dtype=meta_dtype or dtype, device=device)
+        self.length = 0
+
+    @property
+    def n_pages(self) -> int:
+        return math.ceil(self.length / self.page_size)
+
+    @property
+    def head_dim(self) -> int:
+        return self.k.shape[-1]
+
+    def keys(self) -> torch.Tensor:
+        return self.k[:, :, : self.length]
+
+    def values(self) -> torch.Tensor:
+        return self.v[:, :, : self.length]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write ``k, v`` of shape ``[B, H_kv, T, D]`` after the current tokens."""
+        t = k.shape[-2]
+        start, end = self.length, self.length + t
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache full: {end} tokens > capacity {self.capacity}; "
+                               "create the cache with a larger max length")
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        self.length = end
+        self._update_meta(start // self.page_size, end)
+
+    def _update_meta(self, first_page: int, end: int) -> None:
+        """Recompute min/max of pages ``first_page ..`` up to token ``end`` (last may be partial)."""
+        P, D = self.page_size, self.head_dim
+        full_end = (end // P) * P
+        lo = first_page * P
+        if full_end > lo:  # whole pages: one reduction over a [.., pages, P, D] view
+            blk = self.k[:, :, lo:full_end].unflatten(2, (-1, P))
+            self.meta[:, :, first_page: full_end // P, :D] = blk.amax(dim=3)
+            self.meta[:, :, first_page: full_end // P, D:] = blk.amin(dim=3)
+        if end > full_end:  # the partial page being written
+            part = self.k[:, :, full_end:end]
+            p = full_end // P
+            self.meta[:, :, p, :D] = part.amax(dim=2)
+            self.meta[:, :, p, D:] = part.amin(dim=2)
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def select_batch(self, index: torch.Tensor) -> None:
+        """Keep only batch rows ``index`` (beam search / finished sequences)."""
+        self.k, self.v, self.meta = self.k[index], self.v[index], self.meta[index]
