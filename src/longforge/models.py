@@ -100,10 +100,24 @@ def gemma_cache_path() -> Path:
 
 
 def _ensure_gemma_cache() -> Path:
-    """Dequantize the GGUF once into a safetensors checkpoint directory; return it."""
+    """Dequantize the GGUF once into a safetensors checkpoint directory; return it.
+
+    A file lock makes concurrent first loads (parallel test workers, shards) wait for one
+    another instead of dequantizing twice.
+    """
     out = gemma_cache_path()
     if (out / "DONE").exists():
         return out
+    from filelock import FileLock
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if not (out / "DONE").exists():
+            _dequantize_gemma(out)
+    return out
+
+
+def _dequantize_gemma(out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = _gemma_gguf_path()
@@ -124,7 +138,6 @@ def _ensure_gemma_cache() -> Path:
     (tmp / "DONE").write_text(f"dequantized from {gguf.name} in {time.time() - t0:.1f}s\n")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-    return out
 
 
 # ---------------------------------------------------------------- tiny random models
@@ -203,6 +216,12 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device | None = No
     """Load ``spec`` in eval mode on ``device`` (CUDA when present) with a sensible dtype."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from longforge.progress import is_quiet
+
+    if is_quiet():
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if spec in TINY_MODELS:
