@@ -30,6 +30,9 @@ def _register() -> None:
     from longforge.demo import demo
 
     app.command(help="Run the main job on the bundled model and sample corpus.")(demo)
+    from longforge.evals.cli import app as eval_app
+
+    app.add_typer(eval_app, name="eval")
 
 
 _register()

@@ -1,0 +1,1 @@
+"""Long-context evaluations of decode-time KV policies: passkey, needle-in-a-haystack, perplexity."""

@@ -1,0 +1,120 @@
+"""Tables (JSON + Markdown) and depth x length heatmaps from a ``results.jsonl``."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from longforge.corpus import atomic_write_json, atomic_write_text
+from longforge.evals.runner import Method, Results
+
+
+def _budget_key(b: str):
+    if b == "-":
+        return (0, 0.0)
+    if "/" in b:
+        n, d = b.split("/")
+        return (1, int(n) / int(d))
+    return (2, float(b))
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Accuracy (or ppl) per method x budget x length x depth, plus per-length and overall."""
+    cells, by_len, overall = defaultdict(list), defaultdict(list), defaultdict(list)
+    for r in rows:
+        v = r["ppl"] if r["task"] == "ppl" else float(r["correct"])
+        m = (r["method"], r["budget"])
+        cells[(*m, r["length"], r.get("depth"))].append(v)
+        by_len[(*m, r["length"])].append(v)
+        overall[m].append(v)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {
+        "cells": [dict(method=k[0], budget=k[1], length=k[2], depth=k[3], value=mean(v), n=len(v))
+                  for k, v in sorted(cells.items(), key=_order)],
+        "by_length": [dict(method=k[0], budget=k[1], length=k[2], value=mean(v), n=len(v))
+                      for k, v in sorted(by_len.items(), key=_order)],
+        "overall": [dict(method=k[0], budget=k[1], value=mean(v), n=len(v))
+                    for k, v in sorted(overall.items(), key=_order)],
+    }
+
+
+def _order(item):
+    k = item[0]
+    return (k[0] != "dense", k[0], _budget_key(k[1]), *[(x is None, x or 0) for x in k[2:]])
+
+
+def markdown(task: str, s: dict) -> str:
+    metric = "perplexity" if task == "ppl" else "accuracy"
+    lengths = sorted({c["length"] for c in s["by_length"]})
+    labels = sorted({(c["method"], c["budget"]) for c in s["by_length"]},
+                    key=lambda m: (m[0] != "dense", m[0], _budget_key(m[1])))
+    val = {(c["method"], c["budget"], c["length"]): c for c in s["by_length"]}
+    fmt = (lambda v: f"{v:.3f}") if task == "ppl" else (lambda v: f"{100 * v:.0f}%")
+    lines = [f"# {task}: {metric} per method x budget x context length", "",
+             "Budget: tokens attended per KV head per decode step (a fraction is of the context "
+             "length). Cells give the value and, in parentheses, the number of samples.", "",
+             "| method | budget | " + " | ".join(str(L) for L in lengths) + " |",
+             "|---|---|" + "---|" * len(lengths)]
+    for m in labels:
+        row = [fmt(val[(*m, L)]["value"]) + f" ({val[(*m, L)]['n']})" if (*m, L) in val else ""
+               for L in lengths]
+        lines.append(f"| {m[0]} | {m[1]} | " + " | ".join(row) + " |")
+    if task != "ppl":
+        lines += ["", f"## {metric} per depth", "", "| method | budget | length | depth | value | n |",
+                  "|---|---|---|---|---|---|"]
+        for c in s["cells"]:
+            lines.append(f"| {c['method']} | {c['budget']} | {c['length']} | {c['depth']} | "
+                         f"{fmt(c['value'])} | {c['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def heatmaps(task: str, s: dict, out_dir: Path) -> list[Path]:
+    """One PNG per method: a depth x length accuracy grid per budget."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for method in sorted({c["method"] for c in s["cells"]}):
+        cells = [c for c in s["cells"] if c["method"] == method]
+        budgets = sorted({c["budget"] for c in cells}, key=_budget_key)
+        lengths = sorted({c["length"] for c in cells})
+        depths = sorted({c["depth"] for c in cells})
+        fig, axes = plt.subplots(1, len(budgets), figsize=(2.2 + 1.1 * len(lengths) * len(budgets),
+                                                          1.2 + 0.45 * len(depths)), squeeze=False)
+        for ax, b in zip(axes[0], budgets):
+            grid = [[float("nan")] * len(lengths) for _ in depths]
+            for c in cells:
+                if c["budget"] == b:
+                    grid[depths.index(c["depth"])][lengths.index(c["length"])] = c["value"]
+            im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+            ax.set_xticks(range(len(lengths)), [str(L) for L in lengths])
+            ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+            ax.set_xlabel("context tokens")
+            ax.set_ylabel("needle depth")
+            ax.set_title(Method(method, b).label, fontsize=9)
+            for i, row in enumerate(grid):
+                for j, v in enumerate(row):
+                    if v == v:
+                        ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7)
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+        fig.suptitle(f"{task}: {method}", fontsize=10)
+        p = Path(out_dir) / f"heatmap_{method}.png"
+        fig.savefig(p, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def write_report(out_dir: Path, meta: dict | None = None) -> dict:
+    """Write ``summary.json``, ``summary.md`` and heatmaps next to ``results.jsonl``."""
+    out_dir = Path(out_dir)
+    rows = Results(out_dir / "results.jsonl").rows
+    if not rows:
+        raise FileNotFoundError(f"no results in {out_dir / 'results.jsonl'}")
+    task = rows[0]["task"]
+    s = summarize(rows)
+    atomic_write_json(out_dir / "summary.json", {"task": task, **(meta or {}), **s})
+    atomic_write_text(out_dir / "summary.md", markdown(task, s))
+    if task != "ppl":
+        heatmaps(task, s, out_dir)
+    return s

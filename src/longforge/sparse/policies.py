@@ -1,0 +1,163 @@
+"""KV-cache policies for decode steps, all run by the same harness (``longforge.sparse.hf``).
+
+A policy decides, for one decode step of one full-attention layer, which cached tokens the
+query attends to; the softmax over the kept tokens is exact. Every policy sees the same
+page-contiguous cache (``PagedKV``), the same dense prefill and the same ``token_budget``
+(tokens attended per KV head per step); the first ``dense_layers`` layers stay dense for all of
+them. When a row's context fits the budget, every policy is dense.
+
+* ``Dense``: every token (the baseline; ``ops.dense_decode``).
+* ``Quest``: per step, the top ``token_budget / page_size`` pages by criticality, chosen per KV
+  group (max over the group's query heads), the last page always kept (``ops.quest_decode``).
+* ``StreamingLLM``: the first ``sinks`` tokens of each row plus the most recent
+  ``token_budget - sinks`` tokens. Keys keep the rotary positions they were cached with (no
+  re-indexing of positions inside the window, as in kvpress); evicted tokens are never read.
+* ``H2O``: ``token_budget // 2`` most recent tokens plus the heavy hitters by attention
+  accumulated (summed over the KV group's query heads) since prefill; eviction is permanent,
+  as in the paper: a token dropped once never returns. Needs the prefill's attention scores,
+  so its cache is created with ``track_scores=True``.
+
+StreamingLLM and H2O here measure accuracy, not speed: they mask a dense read of the cache.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from longforge.sparse.ops import dense_decode, quest_decode
+
+
+@dataclass
+class Policy:
+    token_budget: int | None = None
+    page_size: int = 16
+    dense_layers: int = 2
+    name = "policy"
+    needs_scores = False
+
+    def __post_init__(self):
+        if self.token_budget is not None and self.token_budget < 1:
+            raise ValueError(f"token_budget must be >= 1, got {self.token_budget}")
+        if self.page_size < 1 or self.dense_layers < 0:
+            raise ValueError("page_size must be >= 1 and dense_layers >= 0")
+
+    def label(self) -> str:
+        return self.name if self.token_budget is None else f"{self.name}@{self.token_budget}"
+
+    def decode(self, layer_idx: int, layer, q: torch.Tensor, key_mask: torch.Tensor | None,
+               scale: float, softcap: float | None) -> torch.Tensor:
+        """Attention output ``[B, H_q, D]`` of the decode query ``q [B, H_q, D]``."""
+        if layer_idx < self.dense_layers or self.token_budget is None:
+            return dense_decode(q, layer.store, scale, key_mask, softcap)
+        return self.sparse_decode(layer, q, key_mask, scale, softcap)
+
+    def sparse_decode(self, layer, q, key_mask, scale, softcap):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass
+class Dense(Policy):
+    name = "dense"
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.token_budget = None
+
+
+@dataclass
+class Quest(Policy):
+    name = "quest"
+
+    def sparse_decode(self, layer, q, key_mask, scale, softcap):
+        if layer.store.page_size != self.page_size:
+            raise ValueError(f"cache pages have {layer.store.page_size} tokens, policy wants "
+                             f"{self.page_size}")
+        return quest_decode(q, layer.store, self.token_budget, scale, key_mask, softcap)
+
+
+@dataclass
+class StreamingLLM(Policy):
+    sinks: int = 4
+    name = "streaming"
+
+    def kept(self, length: int, key_mask: torch.Tensor) -> torch.Tensor:
+        """Bool ``[B, L]``: the first ``sinks`` real tokens of each row and the recent window."""
+        sinks = min(self.sinks, self.token_budget)
+        rank = key_mask.long().cumsum(-1)  # 1-based rank among the row's real tokens
+        pos = torch.arange(length, device=key_mask.device)
+        return key_mask & ((rank <= sinks) | (pos >= length - (self.token_budget - sinks)))
+
+    def sparse_decode(self, layer, q, key_mask, scale, softcap):
+        store = layer.store
+        key_mask = _full_mask(key_mask, q.shape[0], store.length, q.device)
+        return _masked_decode(q, store, self.kept(store.length, key_mask)[:, None], scale,
+                              softcap)[0]
+
+
+@dataclass
+class H2O(Policy):
+    name = "h2o"
+    needs_scores = True
+
+    def kept(self, layer, key_mask: torch.Tensor) -> torch.Tensor:
+        """Bool ``[B, H_kv, L]``: recent window plus heavy hitters among tokens not yet evicted.
+
+        Updates ``layer.state['h2o_kept']`` (the evictions are permanent)."""
+        if layer.scores is None:
+            raise RuntimeError("H2O needs the attention scores of prefill: create the cache with "
+                               "track_scores=True (SparseCache does when its policy is H2O)")
+        L = layer.store.length
+        recent_n = max(1, self.token_budget // 2)
+        heavy_n = self.token_budget - recent_n
+        prev = layer.state.get("h2o_kept")
+        alive = key_mask[:, None, :].expand(-1, layer.store.k.shape[1], -1).clone()
+        if prev is not None:  # tokens evicted earlier stay evicted; the newest tokens are alive
+            alive[..., : prev.shape[-1]] &= prev
+        pos = torch.arange(L, device=key_mask.device)
+        recent = pos >= L - recent_n
+        cand = alive & ~recent
+        kept = alive & recent
+        if heavy_n > 0:
+            s = layer.scores[..., :L].masked_fill(~cand, float("-inf"))
+            top = s.topk(min(heavy_n, L), dim=-1)
+            pick = torch.zeros_like(cand).scatter_(-1, top.indices, top.values > float("-inf"))
+            kept |= pick
+        layer.state["h2o_kept"] = kept
+        return kept
+
+    def sparse_decode(self, layer, q, key_mask, scale, softcap):
+        store = layer.store
+        key_mask = _full_mask(key_mask, q.shape[0], store.length, q.device)
+        out, probs = _masked_decode(q, store, self.kept(layer, key_mask), scale, softcap)
+        layer.scores[..., : store.length] += probs.sum(dim=2)
+        return out
+
+
+POLICIES = {"dense": Dense, "quest": Quest, "streaming": StreamingLLM, "h2o": H2O}
+
+
+def make_policy(name: str, token_budget: int | None = None, **kwargs) -> Policy:
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}")
+    return POLICIES[name](token_budget=token_budget, **kwargs)
+
+
+def _full_mask(key_mask, b, length, device):
+    if key_mask is None:
+        return torch.ones(b, length, dtype=torch.bool, device=device)
+    return key_mask[:, :length].bool()
+
+
+def _masked_decode(q, store, valid, scale, softcap):
+    """Exact attention over the tokens with ``valid [B, H_kv or 1, L]``; returns (out, probs)."""
+    b, hq, d = q.shape
+    hkv = store.k.shape[1]
+    qg = q.view(b, hkv, hq // hkv, d)
+    s = torch.matmul(qg, store.keys().transpose(-1, -2)) * scale
+    if softcap:
+        s = torch.tanh(s / softcap) * softcap
+    s = s.masked_fill(~valid[:, :, None, :], float("-inf"))
+    probs = torch.softmax(s.float(), dim=-1)
+    out = torch.matmul(probs.to(store.v.dtype), store.values())
+    return out.reshape(b, hq, d), probs
