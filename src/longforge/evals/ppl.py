@@ -45,7 +45,8 @@ def run(model, tok, lengths, tokens: int, methods: list[Method], out_dir: Path,
             if len(doc) < L + tokens:
                 raise ValueError(f"the longest document has {len(doc)} tokens; {L + tokens} needed")
             ids = bos + list(doc[: L + tokens - 1])
-            base = prefill(model, ids[: L - 1], len(ids) + 1, any(m.name == "h2o" for m in todo))
+            base = prefill(model, ids[: L - 1], len(ids) + 1, any(m.name == "h2o" for m in todo),
+                           page_size)
             for m in progress(todo, desc=f"ppl {L}"):
                 nll = nll_under(model, copy.deepcopy(base), m.policy(L, page_size, dense_layers),
                                 ids[L - 1:])

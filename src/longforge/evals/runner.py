@@ -91,9 +91,10 @@ def body(model):
 
 
 @torch.no_grad()
-def prefill(model, ids: list[int], max_len: int, track_scores: bool) -> SparseCache:
+def prefill(model, ids: list[int], max_len: int, track_scores: bool,
+            page_size: int = 16) -> SparseCache:
     """Dense prefill of ``ids`` into a fresh cache (call inside ``sparse_attention(model, ...)``)."""
-    cache = SparseCache(model, max_len=max_len, track_scores=track_scores)
+    cache = SparseCache(model, max_len=max_len, page_size=page_size, track_scores=track_scores)
     body(model)(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache,
                 use_cache=True)
     return cache
@@ -128,7 +129,7 @@ def run_sample(model, ids: list[int], methods: list[Method], tail: int, max_new:
     if not todo:
         return {}
     base = prefill(model, ids[:-tail], len(ids) + max_new,
-                   track_scores=any(m.name == "h2o" for m in todo))
+                   track_scores=any(m.name == "h2o" for m in todo), page_size=page_size)
     out = {}
     for m in todo:
         cache = copy.deepcopy(base)

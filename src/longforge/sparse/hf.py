@@ -164,8 +164,9 @@ def _dense(module, query, key, value, attention_mask, scaling, softcap, **kwargs
     s = torch.matmul(query, repeat_kv(key, g).transpose(2, 3)) * scaling
     s = torch.tanh(s / softcap) * softcap
     if attention_mask is not None:
-        s = (s.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool
-             else s + attention_mask)
+        # a finite floor, as eager attention does: fully masked (padding) rows stay finite
+        s = (s.masked_fill(~attention_mask, torch.finfo(s.dtype).min)
+             if attention_mask.dtype == torch.bool else s + attention_mask)
     p = torch.softmax(s.float(), dim=-1).to(value.dtype)
     return torch.matmul(p, repeat_kv(value, g)).transpose(1, 2).contiguous(), None
 

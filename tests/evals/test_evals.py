@@ -1,0 +1,97 @@
+"""Prompt builders, scoring, the resumable grid runner, reports and perplexity."""
+import json
+import math
+
+import pytest
+import torch
+
+from longforge.evals import niah, passkey, ppl, runner
+from longforge.evals.report import write_report
+from longforge.evals.runner import Method, parse_methods, run_grid
+from longforge.models import load_tokenizer, tiny_model
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("gemma-3-270m")
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return tiny_model("tiny-llama", vocab_size=len(tok))
+
+
+def test_passkey_prompt(tok):
+    ids, key = passkey.build(tok, 1024, 0.5, seed=3)
+    text = tok.decode(ids)
+    assert 1024 - 30 <= len(ids) <= 1024
+    assert text.count(f"The pass key is {key}.") == 1 and text.endswith("The pass key is")
+    i = text.index("pass key is")
+    assert 0.4 < i / len(text) < 0.6
+    assert passkey.score(f" {key}. Good", key) and not passkey.score(" 1" + str(key), key)
+
+
+def test_niah_prompt_uses_corpus_text_and_depth(tok, tmp_path):
+    hay = tmp_path / "hay.txt"
+    hay.write_text("Alpha beta gamma. Delta epsilon.\n" * 400)
+    niah.set_haystack(hay, None)
+    try:
+        ids, value = niah.build(tok, 800, 0.25, seed=1)
+    finally:
+        niah.set_haystack(None)
+    text = tok.decode(ids)
+    assert len(ids) == 800 and "grass is green" not in text
+    needle = text.index(f"is: {value}.")
+    assert 0.15 < needle / len(text) < 0.35
+    assert text[text.index("One of the special") - 2] in ".\n"  # at a sentence or line end
+    assert niah.score(f" {value}.", value) and not niah.score(" 123", value)
+
+
+def test_parse_methods_and_budgets():
+    ms = parse_methods("dense,quest,h2o", "1/8,512")
+    assert [m.label for m in ms] == ["dense", "quest@1/8", "quest@512", "h2o@1/8", "h2o@512"]
+    assert Method("quest", "1/8").tokens(4096) == 512 and Method("dense").tokens(10) is None
+    with pytest.raises(ValueError):
+        parse_methods("quest", "half")
+    with pytest.raises(ValueError):
+        parse_methods("snapkv", "1/8")
+
+
+def test_grid_runs_resumes_and_reports(tok, model, tmp_path, monkeypatch):
+    methods = parse_methods("dense,quest,streaming,h2o", "1/4")
+    args = dict(tail=8, max_new=3, page_size=8, dense_layers=1)
+    res = run_grid("passkey", model, tok, passkey.build, passkey.score, [200], [0.0, 1.0], 1,
+                   methods, tmp_path, **args)
+    assert len(res.rows) == 8
+    assert {r["budget_tokens"] for r in res.rows if r["method"] == "quest"} == {len(
+        passkey.build(tok, 200, 0.0, 0)[0]) // 4}
+    monkeypatch.setattr(runner, "run_sample", lambda *a, **k: pytest.fail("recomputed"))
+    res = run_grid("passkey", model, tok, passkey.build, passkey.score, [200], [0.0, 1.0], 1,
+                   methods, tmp_path, **args)
+    assert len(res.rows) == 8
+    s = write_report(tmp_path)
+    assert len(s["by_length"]) == 4
+    assert (tmp_path / "summary.md").read_text().count("| quest | 1/4 |") == 3
+    assert sorted(p.name for p in tmp_path.glob("heatmap_*.png")) == [
+        "heatmap_dense.png", "heatmap_h2o.png", "heatmap_quest.png", "heatmap_streaming.png"]
+    assert json.loads((tmp_path / "summary.json").read_text())["task"] == "passkey"
+
+
+def test_dense_token_by_token_ppl_equals_teacher_forcing(tok, model, tmp_path):
+    hay = tmp_path / "doc.txt"
+    hay.write_text(" ".join(f"word{i % 37} is next." for i in range(300)))
+    niah.set_haystack(hay, None)
+    try:
+        res = ppl.run(model, tok, [64], 16, parse_methods("dense,quest", "16"), tmp_path,
+                      page_size=4, dense_layers=0)
+        doc = niah.longest_document_ids(tok, niah._HAYSTACK)
+    finally:
+        niah.set_haystack(None)
+    ids = torch.tensor([[tok.bos_token_id, *doc[: 64 + 16 - 1]]])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    ref = -logp[63:-1].gather(1, ids[0, 64:, None]).mean().item()
+    dense = next(r for r in res.rows if r["method"] == "dense")
+    quest = next(r for r in res.rows if r["method"] == "quest")
+    assert dense["tokens"] == 16 and math.isclose(dense["nll"], ref, rel_tol=1e-4)
+    assert quest["nll"] != dense["nll"]

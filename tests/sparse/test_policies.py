@@ -1,0 +1,94 @@
+"""Kept sets of StreamingLLM and H2O, and the prefill attention scores H2O starts from."""
+import torch
+
+from longforge.models import tiny_model
+from longforge.sparse import hf
+from longforge.sparse.hf import PagedLayer, _accumulate_scores
+from longforge.sparse.policies import H2O, StreamingLLM, make_policy
+
+
+def test_streaming_keeps_sinks_of_real_tokens_and_recent_window():
+    p = StreamingLLM(token_budget=8, sinks=2)
+    mask = torch.ones(2, 20, dtype=torch.bool)
+    mask[1, :3] = False  # left padding
+    kept = p.kept(20, mask)
+    assert kept[0].nonzero().flatten().tolist() == [0, 1, *range(14, 20)]
+    assert kept[1].nonzero().flatten().tolist() == [3, 4, *range(14, 20)]
+    assert kept.sum(-1).tolist() == [8, 8]
+
+
+def _layer(scores, length):
+    layer = PagedLayer(max_len=32, page_size=4, track_scores=True)
+    layer.update(torch.zeros(1, 1, length, 2), torch.zeros(1, 1, length, 2))
+    layer.scores[0, 0, :length] = torch.tensor(scores, dtype=torch.float)
+    return layer
+
+
+def test_h2o_keeps_recent_plus_heavy_hitters_and_evictions_are_permanent():
+    p = H2O(token_budget=4)  # 2 recent + 2 heavy
+    layer = _layer([5, 1, 9, 0, 7, 3, 2, 4], 8)
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    kept = p.kept(layer, mask)[0, 0]
+    assert kept.nonzero().flatten().tolist() == [2, 4, 6, 7]  # heavy 9 and 7, recent 6, 7
+    # one more token; token 0 (score 5) was evicted and must not come back even when heaviest
+    layer.update(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2))
+    layer.scores[0, 0, 0] = 100.0
+    kept = p.kept(layer, torch.ones(1, 9, dtype=torch.bool))[0, 0]
+    assert 0 not in kept.nonzero().flatten().tolist()
+    assert kept.nonzero().flatten().tolist() == [2, 4, 7, 8]  # 6 (score 2) left the window
+    assert kept.sum() == 4
+
+
+def test_h2o_without_scores_fails_clearly():
+    layer = PagedLayer(max_len=8)
+    layer.update(torch.zeros(1, 1, 8, 2), torch.zeros(1, 1, 8, 2))
+    try:
+        H2O(token_budget=2).kept(layer, torch.ones(1, 8, dtype=torch.bool))
+    except RuntimeError as e:
+        assert "track_scores" in str(e)
+    else:
+        raise AssertionError("no error")
+
+
+def test_prefill_scores_equal_brute_force_attention_sums():
+    torch.manual_seed(0)
+    b, hq, hkv, t, d = 2, 4, 2, 37, 8
+    q, k = torch.randn(b, hq, t, d), torch.randn(b, hkv, t, d)
+    layer = PagedLayer(max_len=t, page_size=4, track_scores=True)
+    layer.update(k, torch.zeros_like(k))
+    mask = torch.ones(b, 1, t, t, dtype=torch.bool).tril()
+    mask[1, :, :, :5] = False  # padding keys of row 1
+    _accumulate_scores(layer, q, k, mask, 0.5, None, chunk=8)
+    kk = k.repeat_interleave(hq // hkv, dim=1)
+    s = (q @ kk.transpose(-1, -2) * 0.5).masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, -1).nan_to_num(0.0)  # fully masked rows add nothing
+    ref = p.sum(2).view(b, hkv, hq // hkv, t).sum(2)
+    assert torch.allclose(layer.scores[..., :t], ref, atol=1e-5)
+    # without a mask the causal pattern is built
+    layer2 = PagedLayer(max_len=t, page_size=4, track_scores=True)
+    layer2.update(k, torch.zeros_like(k))
+    _accumulate_scores(layer2, q, k, None, 0.5, None, chunk=5)
+    s = (q @ kk.transpose(-1, -2) * 0.5).masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(),
+                                                     float("-inf"))
+    ref = torch.softmax(s, -1).sum(2).view(b, hkv, hq // hkv, t).sum(2)
+    assert torch.allclose(layer2.scores[..., :t], ref, atol=1e-5)
+
+
+def test_policies_share_one_prefill_and_differ_only_in_decode():
+    """The eval harness' shared prefill: a copied cache decodes as a fresh one would."""
+    import copy
+
+    m = tiny_model("tiny-llama")
+    ids = torch.randint(0, 512, (1, 60), generator=torch.Generator().manual_seed(1))
+    with hf.dense(m), torch.no_grad():
+        base = hf.SparseCache(m, max_len=64, page_size=4, track_scores=True)
+        m.base_model(input_ids=ids[:, :-1], past_key_values=base)
+        outs = {}
+        for name in ["dense", "quest", "streaming", "h2o"]:
+            c = copy.deepcopy(base)
+            c.policy = make_policy(name, 16, page_size=4, dense_layers=1)
+            outs[name] = m(input_ids=ids[:, -1:], past_key_values=c).logits[0, -1]
+        ref = m(input_ids=ids).logits[0, -1]
+    assert torch.allclose(outs["dense"], ref, atol=1e-4)
+    for name in ["quest", "streaming", "h2o"]:
+        assert not torch.allclose(outs[name], ref, atol=1e-4), name
