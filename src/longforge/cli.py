@@ -33,6 +33,9 @@ def _register() -> None:
     from longforge.evals.cli import app as eval_app
 
     app.add_typer(eval_app, name="eval")
+    from longforge.synth.cli import synth
+
+    app.command(help="Quest query-centric long-context data synthesis and baselines.")(synth)
 
 
 _register()

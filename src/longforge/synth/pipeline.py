@@ -1,0 +1,267 @@
+"""``run(cfg)``: prepare shards (resumable) -> index -> method groups -> pack -> write.
+
+Outputs under ``cfg.output``:
+
+* ``sequences-00000.<fmt>``: one record per sequence (text, n_tokens, n_pad, doc_ids, pieces,
+  keyword(s), sources, method); ``tokens-00000.parquet`` with ``input_ids`` when ``tokenized``;
+* ``index.parquet`` (quest): keyword, n_docs, n_tokens, split, passes, doc_ids;
+* ``manifest.json``: inputs, counts, skips with reasons, every read document used or dropped
+  with a reason, parameters, seed, versions; ``timings.json`` (kept apart so that the
+  manifest is byte-identical across runs);
+* ``work/``: per-shard document tables (no texts), text stores and embeddings, reused by
+  ``longforge analyze`` and on resume.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from longforge.corpus import Manifest, ShardWriter, atomic_write_json
+from longforge.corpus.document import Skip
+from longforge.executor import make_executor
+from longforge.progress import progress, say
+from longforge.synth import baselines
+from longforge.synth.config import SynthConfig
+from longforge.synth.pack import Packer, Seq
+from longforge.synth.prepare import PrepareTask, read_texts, work_dir
+
+
+class ConfigMismatch(RuntimeError):
+    pass
+
+
+def _check_state(cfg: SynthConfig) -> None:
+    """Refuse to resume into an output directory made with different per-shard settings."""
+    state = cfg.output / "state" / "config.json"
+    if state.exists():
+        old = json.loads(state.read_text())
+        if old.get("fingerprint") != cfg.fingerprint():
+            raise ConfigMismatch(
+                f"{cfg.output} holds a run with other settings; use a new --output or delete it")
+    else:
+        atomic_write_json(state, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})
+
+
+def _prepare(cfg: SynthConfig) -> list[dict]:
+    ex = make_executor("local", cfg.workers, cfg.output / "state" / "prepare", desc="prepare")
+    return ex.run(PrepareTask(cfg), cfg.num_shards)
+
+
+def _load_docs(cfg: SynthConfig) -> tuple[dict[str, list], np.ndarray]:
+    """Columns of the per-shard document tables (no texts), sorted by id so that the result
+    does not depend on the shard count; also the permutation from shard order."""
+    wd = work_dir(cfg.output)
+    tables = [pq.read_table(wd / f"docs-{s:05d}.parquet", columns=["id", "source", "n_tokens",
+                                                                      "keyword"])
+              for s in range(cfg.num_shards)]
+    cols = pa.concat_tables(tables).to_pydict()
+    perm = np.array(sorted(range(len(cols["id"])), key=cols["id"].__getitem__), dtype=np.int64)
+    return {k: [v[i] for i in perm] for k, v in cols.items()}, perm
+
+
+def _load_emb(cfg: SynthConfig, perm: np.ndarray) -> np.ndarray:
+    wd = work_dir(cfg.output)
+    return np.concatenate([np.load(wd / f"emb-{s:05d}.npy") for s in range(cfg.num_shards)])[perm]
+
+
+def inverted_index(ids: list[str], keywords: list[str | None]) -> dict[str, list[str]]:
+    index: dict[str, list[str]] = defaultdict(list)
+    for d, k in zip(ids, keywords):
+        if k is not None:
+            index[k].append(d)
+    return {k: sorted(v) for k, v in sorted(index.items())}
+
+
+def _groups(cfg: SynthConfig, docs: dict[str, list], perm, n_tokens: dict[str, int]):
+    ids, info = docs["id"], {}
+    if cfg.method == "standard":
+        groups, dropped = baselines.standard_groups(ids, cfg.seed)
+    elif cfg.method == "longdoc":
+        groups, dropped = baselines.longdoc_groups(ids, n_tokens, cfg.context_length)
+    elif cfg.method == "quest":
+        index = inverted_index(ids, docs["keyword"])
+        no_kw = [d for d, k in zip(ids, docs["keyword"]) if k is None]
+        groups, dropped, info = baselines.quest_groups(
+            index, n_tokens, cfg.split_ratio, cfg.seed, no_kw, cfg.no_keyword, cfg.max_repeats)
+        info["index"] = index
+    else:
+        from longforge.synth.embed import neighbours
+
+        emb = _load_emb(cfg, perm)
+        k = cfg.knn_k if cfg.method == "knn" else cfg.iclm_k
+        nb, kind = neighbours(emb, k, cfg.index_kind, cfg.seed)
+        info = {"faiss_index": kind, "k": k}
+        if cfg.method == "knn":
+            groups, dropped = baselines.knn_groups(ids, nb, n_tokens, cfg.context_length, cfg.seed)
+        else:
+            groups, dropped = baselines.iclm_groups(
+                ids, emb, nb, cfg.seed, cfg.iclm_walk_k, cfg.iclm_max_cluster,
+                cfg.iclm_min_cluster, cfg.iclm_dup_threshold)
+    return groups, dropped, info
+
+
+class _Tokens:
+    """Token ids and character offsets of one document at a time (carry-over reuses the last)."""
+
+    def __init__(self, tok, get_text):
+        self.tok, self.get_text, self._last = tok, get_text, (None, None, None)
+
+    def __call__(self, doc: str):
+        if self._last[0] != doc:
+            text = self.get_text(doc)
+            enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+            self._last = (doc, text, enc)
+        return self._last[1], self._last[2]
+
+
+def _piece_text(text: str, offsets, start: int, end: int) -> str:
+    if start == 0 and end == len(offsets):
+        return text
+    if end <= start:
+        return ""
+    a = 0 if start == 0 else offsets[start][0]
+    b = len(text) if end == len(offsets) else offsets[end - 1][1]
+    return text[a:b]
+
+
+def _record(seq: Seq, tokens: _Tokens, eos: str, eos_id: int, pad_id: int, method: str,
+            group_kw: list, source: dict[str, str]) -> tuple[dict, list[int]]:
+    texts, ids = [], []
+    for p in seq.pieces:
+        text, enc = tokens(p.doc)
+        texts.append(_piece_text(text, enc["offset_mapping"], p.start, p.end) + (eos if p.sep else ""))
+        ids.extend(enc["input_ids"][p.start:p.end] + ([eos_id] if p.sep else []))
+    ids.extend([pad_id] * seq.n_pad)
+    share: Counter = Counter()
+    for p in seq.pieces:
+        if group_kw[p.group] is not None:
+            share[group_kw[p.group]] += p.length
+    doc_ids = list(dict.fromkeys(p.doc for p in seq.pieces))
+    rec = {"text": "".join(texts), "n_tokens": len(ids) - seq.n_pad, "n_pad": seq.n_pad,
+           "doc_ids": doc_ids, "pieces": [[p.doc, p.start, p.end] for p in seq.pieces],
+           "keyword": share.most_common(1)[0][0] if share else None,
+           "keywords": sorted(share), "sources": [source[d] for d in doc_ids], "method": method}
+    return rec, ids
+
+
+def _write(cfg: SynthConfig, seqs: list[Seq], group_kw: list, source: dict[str, str]) -> None:
+    from longforge.models import load_tokenizer
+
+    tok = load_tokenizer(cfg.tokenizer)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    wd = work_dir(cfg.output)
+    tokens = _Tokens(tok, read_texts([wd / f"texts-{s:05d}.sqlite" for s in range(cfg.num_shards)]))
+    tok_schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("n_pad", pa.int32())])
+    with ShardWriter(cfg.output, "sequences", 0, cfg.fmt) as out, \
+            ShardWriter(cfg.output, "tokens", 0, "parquet", schema=tok_schema) as tout:
+        for seq in progress(seqs, desc="write", unit="seq"):
+            rec, ids = _record(seq, tokens, tok.eos_token, tok.eos_token_id, pad_id, cfg.method,
+                               group_kw, source)
+            assert len(ids) == cfg.context_length, (len(ids), cfg.context_length)
+            out.write(rec)
+            if cfg.tokenized:
+                tout.write({"input_ids": ids, "n_pad": seq.n_pad})
+    if not cfg.tokenized:
+        tout.path.unlink(missing_ok=True)
+
+
+def _write_index(cfg: SynthConfig, info: dict, n_tokens: dict[str, int], usage: Counter) -> None:
+    index, passes = info["index"], Counter(info["keyword_of_pass"])
+    short_n = info["short_keywords"]
+    order = sorted(index, key=lambda k: (len(index[k]), k))
+    split = {k: ("short" if i < short_n else "long") for i, k in enumerate(order)}
+    rows = [{"keyword": k, "n_docs": len(v), "n_tokens": sum(n_tokens[d] + 1 for d in v),
+             "split": split[k], "passes": passes[k], "packed_tokens": usage[k], "doc_ids": v}
+            for k, v in index.items()]
+    schema = pa.schema([("keyword", pa.string()), ("n_docs", pa.int64()), ("n_tokens", pa.int64()),
+                        ("split", pa.string()), ("passes", pa.int64()),
+                        ("packed_tokens", pa.int64()), ("doc_ids", pa.list_(pa.string()))])
+    with ShardWriter(cfg.output, "index", 0, "parquet", schema=schema) as w:
+        for r in rows:
+            w.write(r)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("longforge", "torch", "transformers", "faiss-cpu", "sentence-transformers",
+                "rake-nltk", "pyarrow"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _merge(results: list[dict]) -> tuple[Manifest, Counter]:
+    manifest, counts = Manifest(), Counter()
+    for r in results:
+        m = r["manifest"]
+        manifest.read += m["read"]
+        manifest.skips.extend(Skip(**s) for s in m["skips"])
+        counts.update(r["counts"])
+    return manifest, counts
+
+
+def run(cfg: SynthConfig) -> dict:
+    """Run (or resume) one synth job; return the manifest dict."""
+    t0 = time.time()
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    _check_state(cfg)
+    manifest, counts = _merge(_prepare(cfg))
+    t_prep = time.time()
+    docs, perm = _load_docs(cfg)
+    n_tokens = dict(zip(docs["id"], docs["n_tokens"]))
+    source = {d: (s if s is not None else "") for d, s in zip(docs["id"], docs["source"])}
+    groups, dropped, info = _groups(cfg, docs, perm, n_tokens)
+    packer = Packer(cfg.context_length, n_tokens, cfg.boundary, cfg.effective_group_boundary)
+    seqs = list(packer.pack(groups))
+    passes = info.get("keyword_of_pass", [None] * len(groups))
+    say(f"{len(seqs)} sequences of {cfg.context_length} tokens from {len(groups)} groups")
+    _write(cfg, seqs, passes, source)
+    used = {p.doc for s in seqs for p in s.pieces}
+    for d in packer.stats.dropped_tail_docs:
+        if d not in used and d not in dropped:
+            dropped[d] = "last_partial_sequence"
+    for d in docs["id"]:  # grouped but never packed (e.g. longdoc tails): cannot happen silently
+        if d not in used and d not in dropped:
+            dropped[d] = "not_packed"
+    manifest.used = len(used)
+    manifest.dropped = Counter(dropped.values())
+    if cfg.method == "quest":
+        usage: Counter = Counter()
+        for s in seqs:
+            for p in s.pieces:
+                if passes[p.group] is not None:
+                    usage[passes[p.group]] += p.length
+        _write_index(cfg, info, n_tokens, usage)
+        no_kw = sum(k is None for k in docs["keyword"])
+        manifest.extra["quest"] = {
+            **{k: v for k, v in info.items() if k not in ("index", "keyword_of_pass")},
+            "documents_without_keyword": no_kw, "no_keyword_policy": cfg.no_keyword,
+            "top_keywords": [[k, usage[k]] for k, _ in sorted(usage.items(),
+                                                               key=lambda kv: (-kv[1], kv[0]))[:20]]}
+    elif info:
+        manifest.extra[cfg.method] = info
+    manifest.extra.update({
+        "method": cfg.method, "seed": cfg.seed,
+        "parameters": {k: v for k, v in cfg.to_dict().items() if k not in ("output", "query_cache")},
+        "versions": _versions(), "counts": dict(sorted(counts.items())),
+        "sequences": len(seqs), "context_length": cfg.context_length,
+        "pad_tokens": packer.stats.pad_tokens, "truncated_tokens": packer.stats.truncated_tokens,
+        "dropped_documents": dict(sorted(dropped.items())),
+        "documents_by_source": dict(sorted(Counter(source.values()).items())),
+    })
+    out = manifest.to_dict()
+    atomic_write_json(cfg.output / "manifest.json", out)
+    atomic_write_json(cfg.output / "timings.json",
+                      {"prepare_s": round(t_prep - t0, 2), "total_s": round(time.time() - t0, 2),
+                       "documents": manifest.read})
+    return out
