@@ -36,6 +36,10 @@ def _register() -> None:
     from longforge.synth.cli import synth
 
     app.command(help="Quest query-centric long-context data synthesis and baselines.")(synth)
+    from longforge.prolong.cli import filter_cmd, score
+
+    app.command(name="score", help="ProLong long-dependency score of every document.")(score)
+    app.command(name="filter", help="Keep the documents with the highest LDS.")(filter_cmd)
 
 
 _register()

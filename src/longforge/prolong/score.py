@@ -1,0 +1,215 @@
+"""``longforge score``: the LDS of every document of a corpus, streaming, sharded, resumable.
+
+Layout of the output folder::
+
+    scores-00000.jsonl ...   one record per input document of that shard (see ``score_document``)
+    manifest.json            every input accounted for: scored, too short, or skipped by the reader
+    settings.json            what the run was asked for (a resumed run must ask for the same)
+    _state/                  shard-<n>.json when a shard is done; shard-<n>.partial.jsonl while
+                             it runs (one line per finished document, so a killed run resumes
+                             without redoing finished documents)
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from longforge.corpus import Manifest, ShardWriter, atomic_write_json, read_documents
+from longforge.executor import make_executor
+from longforge.progress import progress, say
+from longforge.prolong.lds import doc_rng, long_dependency_score, make_chunks, sample_pairs
+
+SCORE_FIELDS = ("id", "source", "lds", "n_tokens", "n_chunks", "pairs_total", "pairs_scored",
+                "pairs_above_threshold", "mean_strength", "mean_distance", "mean_specificity",
+                "skip")
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    model: str = "gemma-3-270m"
+    chunk_size: int = 128
+    max_chunks: int = 256
+    pairs: int = 5000
+    threshold: float = 0.1
+    seed: int = 0
+    path: str = "fast"            # "fast" or "reference"
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_tokens: int = 4096      # tokens per forward (fast); pairs per forward = this // chunk
+    fmt: str = "jsonl"
+
+    def check(self) -> None:
+        if self.chunk_size < 2:
+            raise ValueError("--chunk-size must be at least 2 tokens")
+        if self.max_chunks < 2:
+            raise ValueError("--max-chunks must be at least 2")
+        if self.pairs < 1:
+            raise ValueError("--pairs must be at least 1")
+        if self.path not in ("fast", "reference"):
+            raise ValueError(f"--path must be 'fast' or 'reference', not {self.path!r}")
+
+
+def _schema():
+    import pyarrow as pa
+
+    f64, i64 = pa.float64(), pa.int64()
+    return pa.schema([("id", pa.string()), ("source", pa.string()), ("lds", f64),
+                      ("n_tokens", i64), ("n_chunks", i64), ("pairs_total", i64),
+                      ("pairs_scored", i64), ("pairs_above_threshold", i64),
+                      ("mean_strength", f64), ("mean_distance", f64),
+                      ("mean_specificity", f64), ("skip", pa.string())])
+
+
+def make_scorer(model, settings: ScoreSettings):
+    from longforge.prolong.fast import FastScorer
+    from longforge.prolong.reference import ReferenceScorer
+
+    if settings.path == "reference":
+        return ReferenceScorer(model, batch_size=max(1, settings.batch_tokens // (8 * settings.chunk_size)))
+    return FastScorer(model, batch_tokens=settings.batch_tokens)
+
+
+def score_document(doc_id: str, token_ids, scorer, s: ScoreSettings, source=None) -> dict:
+    """One output record. Documents with fewer than two whole chunks get ``lds = None`` and
+    ``skip = "too_short"`` (never a silent zero)."""
+    n_avail = len(token_ids) // s.chunk_size
+    rec = dict.fromkeys(SCORE_FIELDS)
+    rec.update(id=doc_id, source=source, n_tokens=len(token_ids),
+               n_chunks=min(n_avail, s.max_chunks), pairs_total=0, pairs_scored=0,
+               pairs_above_threshold=0)
+    if n_avail < 2:
+        rec["skip"] = "too_short"
+        return rec
+    rng = doc_rng(s.seed, doc_id)
+    chunks = make_chunks(token_ids, s.chunk_size, s.max_chunks, rng)
+    pi, pj = sample_pairs(len(chunks), s.pairs, rng)
+    single, pair = scorer.perplexities(chunks, pi, pj)
+    res = long_dependency_score(single, pi, pj, pair, max_chunks=s.max_chunks,
+                                threshold=s.threshold)
+    rec.update(asdict(res), pairs_total=len(chunks) * (len(chunks) - 1) // 2)
+    return rec
+
+
+_LOADED: dict = {}
+
+
+def _model_and_scorer(s: ScoreSettings):
+    """Load once per process (shards in the same process share the model)."""
+    key = (s.model, s.device, s.dtype, s.path, s.batch_tokens, s.chunk_size)
+    if key not in _LOADED:
+        from longforge.models import load_model
+
+        _LOADED.clear()
+        lm = load_model(s.model, device=None if s.device == "auto" else s.device,
+                        dtype=None if s.dtype == "auto" else s.dtype)
+        if lm.tokenizer is None:
+            raise ValueError(f"model {s.model!r} has no tokenizer")
+        _LOADED[key] = (lm, make_scorer(lm.model, s))
+    return _LOADED[key]
+
+
+def _read_partial(path: Path) -> dict[str, dict]:
+    done: dict[str, dict] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break  # the line a killed run was writing
+            done[rec["id"]] = rec
+    return done
+
+
+@dataclass
+class ScoreTask:
+    """Score one shard of the corpus (picklable, for the executor)."""
+
+    inputs: list[str]
+    output: str
+    settings: ScoreSettings
+    threads: int = 0
+
+    def __call__(self, shard: int, num_shards: int) -> dict:
+        if self.threads:
+            import torch
+            torch.set_num_threads(self.threads)
+        s, out = self.settings, Path(self.output)
+        partial = out / "_state" / f"shard-{shard:05d}.partial.jsonl"
+        done = _read_partial(partial)
+        manifest, records, t0, tokens = Manifest(), [], time.time(), 0
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "w", encoding="utf-8") as fh:  # rewrite the clean lines, go on
+            for rec in done.values():
+                fh.write(json.dumps(rec, sort_keys=True) + "\n")
+            docs = read_documents(self.inputs, manifest, shard=shard, num_shards=num_shards)
+            for doc in progress(docs, desc=f"score shard {shard}", unit="doc"):
+                rec = done.get(doc.id)
+                if rec is None:
+                    lm, scorer = _model_and_scorer(s)
+                    ids = lm.tokenizer(doc.text, add_special_tokens=False)["input_ids"]
+                    rec = score_document(doc.id, ids, scorer, s, source=doc.source)
+                    fh.write(json.dumps(rec, sort_keys=True) + "\n")
+                    fh.flush()
+                records.append(rec)
+                tokens += rec["n_chunks"] * s.chunk_size if rec["skip"] is None else 0
+                if rec["skip"]:
+                    manifest.drop(rec["skip"])
+                else:
+                    manifest.used += 1
+        with ShardWriter(out, "scores", shard, s.fmt, schema=_schema()) as w:
+            for rec in records:
+                w.write(rec)
+        partial.unlink()
+        return {"manifest": manifest.to_dict(), "seconds": time.time() - t0,
+                "scored_tokens": tokens, "resumed_documents": len(done)}
+
+
+def score_corpus(inputs, output, settings: ScoreSettings = ScoreSettings(), *,
+                 num_shards: int = 1, workers: int = 1, executor: str = "local") -> dict:
+    """Score every document; return the manifest (also written to ``output/manifest.json``)."""
+    settings.check()
+    out = Path(output)
+    inputs = [str(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
+    wanted = {**asdict(settings), "inputs": inputs, "num_shards": num_shards}
+    sfile = out / "settings.json"
+    if sfile.exists():
+        old = json.loads(sfile.read_text())
+        if old != wanted:
+            diff = {k: (old.get(k), v) for k, v in wanted.items() if old.get(k) != v}
+            raise ValueError(f"{out} holds a run with other settings {diff}; resume it with the "
+                             "same settings or choose another --output")
+        say(f"resuming the run in {out}")
+    atomic_write_json(sfile, wanted)
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+    task = ScoreTask(inputs, str(out), settings, threads)
+    results = make_executor(executor, workers, out / "_state", desc="score shards").run(task, num_shards)
+    manifest = Manifest()
+    for r in results:
+        manifest.merge(Manifest.from_dict(r["manifest"]))
+    manifest.extra = {"settings": wanted, "shards": num_shards,
+                      "scored_tokens": sum(r["scored_tokens"] for r in results),
+                      "outputs": sorted(p.name for p in out.glob(f"scores-*.{settings.fmt}")),
+                      "seconds_last_run_per_shard": [round(r["seconds"], 3) for r in results]}
+    atomic_write_json(out / "manifest.json", manifest.to_dict())
+    return manifest.to_dict()
+
+
+def read_scores(path) -> list[dict]:
+    """Records from a score output folder (all ``scores-*`` shards) or one score file."""
+    p = Path(path)
+    files = sorted(f for f in p.glob("scores-*") if not f.name.startswith(".")) if p.is_dir() else [p]
+    if not files:
+        raise FileNotFoundError(f"{p}: no scores-* files (is this a `longforge score` output?)")
+    out: list[dict] = []
+    for f in files:
+        if f.name.endswith(".parquet"):
+            import pyarrow.parquet as pq
+            out.extend(pq.read_table(f).to_pylist())
+        else:
+            from longforge.corpus.readers import open_text
+            with open_text(f) as fh:
+                out.extend(json.loads(line) for line in fh if line.strip())
+    return out

@@ -1,0 +1,137 @@
+"""The corpus driver and the filter, with a tiny model (records, skips, resume, filter)."""
+import gzip
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from longforge.models import tiny_model
+from longforge.prolong import score as score_mod
+from longforge.prolong.fast import FastScorer
+from longforge.prolong.filter import filter_corpus, select
+from longforge.prolong.score import ScoreSettings, read_scores, score_corpus
+
+C = 8  # chunk size in tokens (one character = one token below)
+
+
+class CharTokenizer:
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(ch) % 512 for ch in text]}
+
+
+class CountingScorer(FastScorer):
+    calls: list = []
+    fail_after = None
+
+    def perplexities(self, chunks, pi, pj):
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise KeyboardInterrupt("killed")
+        self.calls.append(len(chunks))
+        return super().perplexities(chunks, pi, pj)
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    scorer = CountingScorer(tiny_model("tiny-llama"))
+    scorer.calls = []
+    lm = SimpleNamespace(tokenizer=CharTokenizer(), model=scorer.model)
+    monkeypatch.setattr(score_mod, "_model_and_scorer", lambda s: (lm, scorer))
+    return scorer
+
+
+def _corpus(tmp_path, name="c.jsonl.gz"):
+    docs = [{"id": f"d{k}", "text": "".join(chr(97 + (k * 7 + t * t) % 26) for t in range(C * n)),
+             "source": "s"} for k, n in enumerate([5, 1, 3, 9, 4, 2, 6])]
+    docs[1]["text"] += "xyz"  # 11 tokens: one whole chunk only -> too short
+    path = tmp_path / name
+    with gzip.open(path, "wt") as fh:
+        for d in docs:
+            fh.write(json.dumps(d) + "\n")
+        fh.write("{not json\n")  # a reader skip, accounted in the manifest
+    return path
+
+
+# threshold -1: every pair counts, so that the random tiny model gives distinct LDS values
+SETTINGS = ScoreSettings(model="tiny", chunk_size=C, max_chunks=6, pairs=10, seed=3, threshold=-1.0)
+
+
+def test_score_records_and_manifest(tmp_path, tiny):
+    m = score_corpus(_corpus(tmp_path), tmp_path / "out", SETTINGS, num_shards=2)
+    recs = {r["id"]: r for r in read_scores(tmp_path / "out")}
+    assert m["inputs"] == 8 and m["used"] == 6 and m["dropped_by_reason"] == {"too_short": 1}
+    assert m["skipped_by_reason"] == {"invalid_json": 1}
+    assert recs["d1"]["lds"] is None and recs["d1"]["skip"] == "too_short"
+    assert recs["d1"]["n_tokens"] == 11
+    # 9 chunks > max_chunks 6: 6 chunks sampled, 15 pairs > 10: 10 sampled
+    assert recs["d3"]["n_chunks"] == 6 and recs["d3"]["pairs_scored"] == 10
+    # 3 chunks: all 3 pairs scored
+    assert recs["d2"]["n_chunks"] == 3 and recs["d2"]["pairs_scored"] == 3
+    assert all(isinstance(r["lds"], float) for k, r in recs.items() if k != "d1")
+    assert {p.name for p in (tmp_path / "out").glob("scores-*")} == {"scores-00000.jsonl",
+                                                                    "scores-00001.jsonl"}
+
+
+def test_scores_are_deterministic_and_parquet_works(tmp_path, tiny):
+    corpus = _corpus(tmp_path)
+    score_corpus(corpus, tmp_path / "a", SETTINGS)
+    from dataclasses import replace
+    score_corpus(corpus, tmp_path / "b", replace(SETTINGS, fmt="parquet"), num_shards=3)
+    a = sorted(read_scores(tmp_path / "a"), key=lambda r: r["id"])
+    b = sorted(read_scores(tmp_path / "b"), key=lambda r: r["id"])
+    assert [r["id"] for r in a] == [r["id"] for r in b]
+    for ra, rb in zip(a, b):
+        assert ra["lds"] == pytest.approx(rb["lds"]) if ra["lds"] is not None else rb["lds"] is None
+
+
+def test_killed_run_resumes_without_rescoring(tmp_path, tiny):
+    corpus = _corpus(tmp_path)
+    tiny.fail_after = 3
+    with pytest.raises(KeyboardInterrupt):
+        score_corpus(corpus, tmp_path / "out", SETTINGS)
+    partial = tmp_path / "out" / "_state" / "shard-00000.partial.jsonl"
+    done_before = [json.loads(line)["id"] for line in partial.read_text().splitlines()]
+    assert len(done_before) == 4  # 3 scored + the too-short one (needs no model)
+    with open(partial, "a") as fh:
+        fh.write('{"id": "half-writ')  # the line the killed run was writing
+    tiny.fail_after, tiny.calls = None, []
+    m = score_corpus(corpus, tmp_path / "out", SETTINGS)
+    assert len(tiny.calls) == 3  # only the 3 documents not finished before
+    assert m["used"] == 6 and m["inputs"] == 8 and not partial.exists()
+    assert len(read_scores(tmp_path / "out")) == 7
+    tiny.calls = []
+    score_corpus(corpus, tmp_path / "out", SETTINGS)  # finished run: nothing to redo
+    assert tiny.calls == []
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, tiny):
+    corpus = _corpus(tmp_path)
+    score_corpus(corpus, tmp_path / "out", SETTINGS)
+    from dataclasses import replace
+    with pytest.raises(ValueError, match="other settings"):
+        score_corpus(corpus, tmp_path / "out", replace(SETTINGS, pairs=11))
+
+
+def test_select_keep_fraction_and_threshold():
+    recs = [{"id": f"d{k}", "lds": v} for k, v in enumerate([5.0, 1.0, 3.0, 2.0, 4.0])]
+    recs.append({"id": "short", "lds": None, "skip": "too_short"})
+    assert select(recs, keep=0.5) == ({"d0", "d4", "d2"}, 3.0)  # ceil(0.5 * 5) = 3
+    assert select(recs, keep=0.2) == ({"d0"}, 5.0)
+    assert select(recs, keep=0.0) == (set(), None)
+    assert select(recs, threshold=2.0) == ({"d0", "d4", "d2", "d3"}, 2.0)
+    with pytest.raises(ValueError):
+        select(recs, keep=0.5, threshold=1.0)
+
+
+def test_filter_keeps_top_half_in_input_format(tmp_path, tiny):
+    corpus = _corpus(tmp_path)
+    score_corpus(corpus, tmp_path / "scores", SETTINGS)
+    m = filter_corpus(tmp_path / "scores", corpus, tmp_path / "kept", keep=0.5)
+    out = tmp_path / "kept" / "part-00000.jsonl.gz"  # same format as the input
+    kept = [json.loads(line) for line in gzip.open(out, "rt")]
+    scores = sorted((r["lds"], r["id"]) for r in read_scores(tmp_path / "scores") if r["lds"] is not None)
+    assert len({lds for lds, _ in scores}) == 6  # distinct, so the top 3 are well defined
+    assert {d["id"] for d in kept} == {i for _, i in scores[-3:]}  # top ceil(6 / 2) = 3
+    assert m["used"] == 3 and m["inputs"] == 8
+    assert m["dropped_by_reason"] == {"below_cutoff": 3, "unscored_too_short": 1}
+    assert m["skipped_by_reason"] == {"invalid_json": 1}
+    assert json.loads((tmp_path / "kept" / "manifest.json").read_text())["used"] == 3
