@@ -96,9 +96,13 @@ def score_document(doc_id: str, token_ids, scorer, s: ScoreSettings, source=None
 _LOADED: dict = {}
 
 
+def _key(s: ScoreSettings):
+    return (s.model, s.device, s.dtype, s.path, s.batch_tokens, s.chunk_size)
+
+
 def _model_and_scorer(s: ScoreSettings):
     """Load once per process (shards in the same process share the model)."""
-    key = (s.model, s.device, s.dtype, s.path, s.batch_tokens, s.chunk_size)
+    key = _key(s)
     if key not in _LOADED:
         from longforge.models import load_model
 
@@ -109,6 +113,12 @@ def _model_and_scorer(s: ScoreSettings):
             raise ValueError(f"model {s.model!r} has no tokenizer")
         _LOADED[key] = (lm, make_scorer(lm.model, s))
     return _LOADED[key]
+
+
+def use_model(lm, s: ScoreSettings) -> None:
+    """Score with an already loaded model (``LoadedModel``) instead of loading ``s.model``."""
+    _LOADED.clear()
+    _LOADED[_key(s)] = (lm, make_scorer(lm.model, s))
 
 
 def _read_partial(path: Path) -> dict[str, dict]:
