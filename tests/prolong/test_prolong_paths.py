@@ -45,7 +45,7 @@ def test_fast_path_refuses_models_whose_logits_it_cannot_reproduce():
         return output
 
     model.register_forward_hook(scale_logits)
-    with pytest.raises(TypeError, match="reference path"):
+    with pytest.raises(TypeError, match="--path reference"):
         FastScorer(model)
 
 
