@@ -51,7 +51,9 @@ def model_stage(out_dir: Path, model) -> str:
 
 
 def _stages():
-    return [("corpus", corpus_stage), ("model", model_stage)]
+    from longforge.synth.demo import synth_stage
+
+    return [("corpus", corpus_stage), ("model", model_stage), ("synth", synth_stage)]
 
 
 def demo(output: Path = typer.Option(Path("out/demo"), help="Where the demo writes its outputs."),
