@@ -36,6 +36,9 @@ def _register() -> None:
     from longforge.synth.cli import synth
 
     app.command(help="Quest query-centric long-context data synthesis and baselines.")(synth)
+    from longforge.analyze.cli import analyze
+
+    app.command(help="Compare synth outputs: similarity, domains, keywords, t-SNE.")(analyze)
     from longforge.prolong.cli import filter_cmd, score
 
     app.command(name="score", help="ProLong long-dependency score of every document.")(score)
