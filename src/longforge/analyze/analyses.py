@@ -77,9 +77,9 @@ def pick_contexts(out: SynthOutput, n: int, seed: int, min_docs: int = 3) -> lis
     return sorted(rng.sample(cands, min(n, len(cands))))
 
 
-def project_2d(vecs: np.ndarray, seed: int) -> np.ndarray:
+def project_2d(vecs: np.ndarray, seed: int, max_iter: int = 500) -> np.ndarray:
     from sklearn.manifold import TSNE
 
     perplexity = max(2.0, min(30.0, (len(vecs) - 1) / 3))
     return TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca",
-                metric="cosine").fit_transform(vecs)
+                metric="cosine", max_iter=max_iter).fit_transform(vecs)

@@ -1,6 +1,7 @@
 """All settings of one synth run (also what makes a run's output directory resumable)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -9,6 +10,14 @@ from pathlib import Path
 METHODS = ("quest", "standard", "knn", "iclm", "longdoc")
 QUERY_SOURCES = ("causal", "seq2seq", "user", "document")
 NO_KEYWORD_POLICIES = ("drop", "standard")
+
+
+@functools.lru_cache(maxsize=4)
+def cached_tokenizer(spec: str):
+    """The target tokenizer, loaded once per process (it is read-only here)."""
+    from longforge.models import load_tokenizer
+
+    return load_tokenizer(spec)
 
 
 @dataclass

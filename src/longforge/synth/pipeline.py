@@ -27,7 +27,7 @@ from longforge.corpus.document import Skip
 from longforge.executor import make_executor
 from longforge.progress import progress, say
 from longforge.synth import baselines
-from longforge.synth.config import SynthConfig
+from longforge.synth.config import SynthConfig, cached_tokenizer
 from longforge.synth.pack import Packer, Seq
 from longforge.synth.prepare import PrepareTask, read_texts, work_dir
 
@@ -151,9 +151,7 @@ def _record(seq: Seq, tokens: _Tokens, eos: str, eos_id: int, pad_id: int, metho
 
 
 def _write(cfg: SynthConfig, seqs: list[Seq], group_kw: list, source: dict[str, str]) -> None:
-    from longforge.models import load_tokenizer
-
-    tok = load_tokenizer(cfg.tokenizer)
+    tok = cached_tokenizer(cfg.tokenizer)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     wd = work_dir(cfg.output)
     tokens = _Tokens(tok, read_texts([wd / f"texts-{s:05d}.sqlite" for s in range(cfg.num_shards)]))

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from longforge.corpus import Document, Manifest, ShardWriter, read_documents
 from longforge.progress import progress
-from longforge.synth.config import SynthConfig
+from longforge.synth.config import SynthConfig, cached_tokenizer
 from longforge.synth.keywords import KeywordExtractor, representative_keyword
 from longforge.synth.queries import FEW_SHOT, content_hash, segment_text
 
@@ -82,10 +82,8 @@ class PrepareTask:
 
 class _Prepare:
     def __init__(self, cfg: SynthConfig, shard: int, num_shards: int):
-        from longforge.models import load_tokenizer
-
         self.cfg, self.shard, self.num_shards = cfg, shard, num_shards
-        self.tok = load_tokenizer(cfg.tokenizer)
+        self.tok = cached_tokenizer(cfg.tokenizer)
         self.manifest = Manifest()
         self.counts: Counter = Counter()
         self.quest = cfg.method == "quest"
