@@ -32,6 +32,15 @@ from longforge.synth.pack import Packer, Seq
 from longforge.synth.prepare import PrepareTask, read_texts, work_dir
 
 
+SEQ_SCHEMA = pa.schema([
+    ("text", pa.string()), ("n_tokens", pa.int64()), ("n_pad", pa.int64()),
+    ("doc_ids", pa.list_(pa.string())),
+    ("pieces", pa.list_(pa.struct([("doc", pa.string()), ("start", pa.int64()),
+                                   ("end", pa.int64())]))),
+    ("keyword", pa.string()), ("keywords", pa.list_(pa.string())),
+    ("sources", pa.list_(pa.string())), ("method", pa.string())])
+
+
 class ConfigMismatch(RuntimeError):
     pass
 
@@ -144,7 +153,7 @@ def _record(seq: Seq, tokens: _Tokens, eos: str, eos_id: int, pad_id: int, metho
             share[group_kw[p.group]] += p.length
     doc_ids = list(dict.fromkeys(p.doc for p in seq.pieces))
     rec = {"text": "".join(texts), "n_tokens": len(ids) - seq.n_pad, "n_pad": seq.n_pad,
-           "doc_ids": doc_ids, "pieces": [[p.doc, p.start, p.end] for p in seq.pieces],
+           "doc_ids": doc_ids, "pieces": [{"doc": p.doc, "start": p.start, "end": p.end} for p in seq.pieces],
            "keyword": share.most_common(1)[0][0] if share else None,
            "keywords": sorted(share), "sources": [source[d] for d in doc_ids], "method": method}
     return rec, ids
@@ -156,7 +165,7 @@ def _write(cfg: SynthConfig, seqs: list[Seq], group_kw: list, source: dict[str, 
     wd = work_dir(cfg.output)
     tokens = _Tokens(tok, read_texts([wd / f"texts-{s:05d}.sqlite" for s in range(cfg.num_shards)]))
     tok_schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("n_pad", pa.int32())])
-    with ShardWriter(cfg.output, "sequences", 0, cfg.fmt) as out, \
+    with ShardWriter(cfg.output, "sequences", 0, cfg.fmt, schema=SEQ_SCHEMA) as out, \
             ShardWriter(cfg.output, "tokens", 0, "parquet", schema=tok_schema) as tout:
         for seq in progress(seqs, desc="write", unit="seq"):
             rec, ids = _record(seq, tokens, tok.eos_token, tok.eos_token_id, pad_id, cfg.method,
