@@ -91,6 +91,9 @@ def plot_projection(outputs: list[SynthOutput], vecs: dict, n_contexts: int, see
         if len(pts) >= 4:
             xy = analyses.project_2d(np.stack(pts), seed)
             ax.scatter(xy[:, 0], xy[:, 1], c=colors, cmap="tab10", s=14, vmin=0, vmax=9)
+        else:
+            ax.text(0.5, 0.5, "no multi-document\ncontexts", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8)
     fig.suptitle(f"t-SNE of the documents of {n_contexts} contexts per method "
                  "(colour = context)", fontsize=9)
     return _save(fig, out / "projection.png")
