@@ -88,9 +88,11 @@ def heatmaps(task: str, s: dict, out_dir: Path) -> list[Path]:
                     grid[depths.index(c["depth"])][lengths.index(c["length"])] = c["value"]
             im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
             ax.set_xticks(range(len(lengths)), [str(L) for L in lengths])
-            ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+            ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths] if ax is axes[0][0]
+                          else [])
             ax.set_xlabel("context tokens")
-            ax.set_ylabel("needle depth")
+            if ax is axes[0][0]:
+                ax.set_ylabel("needle depth")
             ax.set_title(Method(method, b).label, fontsize=9)
             for i, row in enumerate(grid):
                 for j, v in enumerate(row):
