@@ -44,7 +44,7 @@ def _corpus(tmp_path, name="c.jsonl.gz"):
              "source": "s"} for k, n in enumerate([5, 1, 3, 9, 4, 2, 6])]
     docs[1]["text"] += "xyz"  # 11 tokens: one whole chunk only -> too short
     path = tmp_path / name
-    with gzip.open(path, "wt") as fh:
+    with (gzip.open(path, "wt") if name.endswith(".gz") else open(path, "w")) as fh:
         for d in docs:
             fh.write(json.dumps(d) + "\n")
         fh.write("{not json\n")  # a reader skip, accounted in the manifest
@@ -135,3 +135,23 @@ def test_filter_keeps_top_half_in_input_format(tmp_path, tiny):
     assert m["dropped_by_reason"] == {"below_cutoff": 3, "unscored_too_short": 1}
     assert m["skipped_by_reason"] == {"invalid_json": 1}
     assert json.loads((tmp_path / "kept" / "manifest.json").read_text())["used"] == 3
+
+
+def test_cli_score_then_filter(tmp_path, tiny):
+    from typer.testing import CliRunner
+
+    from longforge.cli import app
+
+    corpus = _corpus(tmp_path, "c.jsonl")
+    r = CliRunner().invoke(app, ["-q", "score", "-i", str(corpus), "-o", str(tmp_path / "s"),
+                                 "--chunk-size", str(C), "--max-chunks", "6", "--pairs", "10",
+                                 "--num-shards", "2", "--format", "parquet"])
+    assert r.exit_code == 0, r.output
+    assert "scored 6 of 8 input documents" in r.output
+    r = CliRunner().invoke(app, ["-q", "filter", "--scores", str(tmp_path / "s"), "--corpus",
+                                 str(corpus), "-o", str(tmp_path / "f"), "--threshold", "-1e9"])
+    assert r.exit_code == 0, r.output
+    assert "kept 6 of 8" in r.output and (tmp_path / "f" / "part-00000.jsonl").exists()
+    r = CliRunner().invoke(app, ["score", "-i", str(corpus), "-o", str(tmp_path / "s"),
+                                 "--chunk-size", "9"])
+    assert r.exit_code != 0 and "other settings" in r.output

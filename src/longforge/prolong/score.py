@@ -160,6 +160,10 @@ class ScoreTask:
                 if rec is None:
                     lm, scorer = _model_and_scorer(s)
                     ids = lm.tokenizer(doc.text, add_special_tokens=False)["input_ids"]
+                    vocab = lm.model.config.vocab_size
+                    if ids and max(ids) >= vocab:
+                        raise ValueError(f"{doc.location}: the tokenizer of {s.model!r} gives "
+                                         f"token id {max(ids)} >= the model's vocabulary {vocab}")
                     rec = score_document(doc.id, ids, scorer, s, source=doc.source)
                     fh.write(json.dumps(rec, sort_keys=True) + "\n")
                     fh.flush()
