@@ -155,3 +155,13 @@ def test_cli_score_then_filter(tmp_path, tiny):
     r = CliRunner().invoke(app, ["score", "-i", str(corpus), "-o", str(tmp_path / "s"),
                                  "--chunk-size", "9"])
     assert r.exit_code != 0 and "other settings" in r.output
+
+
+def test_demo_stage_with_a_tiny_model(tmp_path):
+    from longforge.prolong.demo import prolong_stage
+
+    lm = SimpleNamespace(model=tiny_model("tiny-llama"), tokenizer=CharTokenizer(), spec="tiny-llama")
+    line = prolong_stage(tmp_path, lm, max_chunks=3)
+    m = json.loads((tmp_path / "prolong" / "scores" / "manifest.json").read_text())
+    assert m["used"] == m["inputs"] >= 5 and "kept" in line
+    assert (tmp_path / "prolong" / "kept" / "part-00000.jsonl").exists()
