@@ -1,0 +1,77 @@
+"""Triton kernels == PyTorch reference, run by Triton's interpreter on the CPU."""
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are decorated, i.e. on import
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from longforge.sparse import ops  # noqa: E402
+from longforge.sparse.store import PagedKV  # noqa: E402
+
+tk = pytest.importorskip("longforge.sparse.triton_kernels")
+REF = getattr(ops, "quest_decode_reference", ops.quest_decode)
+
+
+def _store(b=2, hkv=2, d=16, n=45, P=4, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    st = PagedKV(b, hkv, d, capacity=64, page_size=P, dtype=dtype)
+    st.append(torch.randn(b, hkv, n, d, generator=g).to(dtype),
+              torch.randn(b, hkv, n, d, generator=g).to(dtype))
+    return st
+
+
+def test_update_meta_matches_store():
+    st = _store()
+    meta = torch.zeros_like(st.meta)
+    tk.update_meta(st.k, meta, st.page_size, 0, st.length)
+    assert torch.equal(meta[:, :, : st.n_pages], st.meta[:, :, : st.n_pages])
+    meta2 = meta.clone()
+    meta2[:, :, 5:] = 0
+    tk.update_meta(st.k, meta2, st.page_size, 5, st.length)  # only pages from 5 on
+    assert torch.equal(meta2, meta)
+
+
+@pytest.mark.parametrize("hq", [2, 6])  # G = 1 and G = 3 (not a power of two)
+def test_criticality_group_max(hq):
+    st = _store()
+    q = torch.randn(2, hq, 16)
+    got = tk.criticality(q, st.meta, st.n_pages, block_pages=4)
+    want = ops.criticality(q, st.meta, st.n_pages).amax(dim=2)
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("budget", [1, 8, 20, 1000])  # < one page, partial, several, dense
+@pytest.mark.parametrize("masked", [False, True])
+def test_decode_matches_reference(budget, masked):
+    st = _store()
+    q = torch.randn(2, 4, 16)
+    mask = None
+    if masked:
+        mask = torch.ones(2, st.length, dtype=torch.bool)
+        mask[1, :7] = False
+    want = REF(q, st, budget, 0.25, mask)
+    got = tk.quest_decode_triton(q, st, budget, 0.25, mask)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def test_softcap_and_split_merge():
+    st = _store(n=64)
+    q = torch.randn(2, 4, 16) * 4
+    want = REF(q, st, 1000, 0.5, None, softcap=5.0)
+    pages = torch.arange(st.n_pages).expand(2, 2, -1)
+    for per_split in (1, 3, 16):
+        got = tk.sparse_attention(q, st.k, st.v, pages, st.page_size, st.length, 0.5,
+                                  softcap=5.0, pages_per_split=per_split)
+        assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_half_precision_inputs():
+    st = _store(dtype=torch.float16)
+    q = torch.randn(2, 4, 16).half()
+    want = REF(q.float(), _store(), 20, 0.25)  # same values in fp32
+    got = tk.quest_decode_triton(q, st, 20, 0.25)
+    assert got.dtype == torch.float16
+    assert torch.allclose(got.float(), want, atol=2e-2)
