@@ -14,6 +14,8 @@ Specs:
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import shutil
@@ -28,6 +30,25 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "gemma-3-270m"
 TINY_MODELS = ("tiny-gemma3", "tiny-llama", "tiny-qwen2")
 _CACHE_VERSION = "v1"
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_arg(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def cache_arg(model) -> str:
+    """The name under which ``model.forward`` (and so ``generate``) takes the KV cache.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name still works, with a
+    FutureWarning, until 5.40); longforge supports both, so it asks the signature.
+    """
+    return _cache_arg(type(model))
+
+
+def cache_kw(model, cache) -> dict:
+    """``{cache_arg(model): cache}``: pass a KV cache to ``model(...)`` on any transformers 5.x."""
+    return {cache_arg(model): cache}
 
 
 def cache_dir() -> Path:

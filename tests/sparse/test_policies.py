@@ -1,7 +1,7 @@
 """Kept sets of StreamingLLM and H2O, and the prefill attention scores H2O starts from."""
 import torch
 
-from longforge.models import tiny_model
+from longforge.models import cache_kw, tiny_model
 from longforge.sparse import hf
 from longforge.sparse.hf import PagedLayer, _accumulate_scores
 from longforge.sparse.policies import H2O, StreamingLLM, make_policy
@@ -82,12 +82,12 @@ def test_policies_share_one_prefill_and_differ_only_in_decode():
     ids = torch.randint(0, 512, (1, 60), generator=torch.Generator().manual_seed(1))
     with hf.dense(m), torch.no_grad():
         base = hf.SparseCache(m, max_len=64, page_size=4, track_scores=True)
-        m.base_model(input_ids=ids[:, :-1], past_key_values=base)
+        m.base_model(input_ids=ids[:, :-1], **cache_kw(m, base))
         outs = {}
         for name in ["dense", "quest", "streaming", "h2o"]:
             c = copy.deepcopy(base)
             c.policy = make_policy(name, 16, page_size=4, dense_layers=1)
-            outs[name] = m(input_ids=ids[:, -1:], past_key_values=c).logits[0, -1]
+            outs[name] = m(input_ids=ids[:, -1:], **cache_kw(m, c)).logits[0, -1]
         ref = m(input_ids=ids).logits[0, -1]
     assert torch.allclose(outs["dense"], ref, atol=1e-4)
     for name in ["quest", "streaming", "h2o"]:

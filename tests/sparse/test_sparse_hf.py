@@ -5,7 +5,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import longforge
-from longforge.models import tiny_model
+from longforge.models import cache_kw, tiny_model
 from longforge.sparse import hf, policies
 from longforge.sparse.hf import ATTN_NAME, PagedLayer, QuestCache, SparseCache
 
@@ -148,11 +148,11 @@ def test_user_cache_and_forward_calls():
     ids, mask = _inputs(b=1, t=50)
     with longforge.quest(m, token_budget=4096, dense_layers=0):
         cache = QuestCache(m, token_budget=4096)
-        out = m.generate(input_ids=ids, max_new_tokens=3, past_key_values=cache, **GEN)
+        out = m.generate(input_ids=ids, max_new_tokens=3, **cache_kw(m, cache), **GEN)
         assert isinstance(cache.layers[0], PagedLayer) and cache.get_seq_length() == 52
         from transformers import DynamicCache
         with pytest.raises(TypeError, match="SparseCache"):
-            m.generate(input_ids=ids, max_new_tokens=2, past_key_values=DynamicCache())
+            m.generate(input_ids=ids, max_new_tokens=2, **cache_kw(m, DynamicCache()))
     assert torch.equal(out.sequences, m.generate(input_ids=ids, max_new_tokens=3,
                                                  do_sample=False))
 
@@ -162,7 +162,7 @@ def test_cache_grows_past_its_preallocation():
     ids, _ = _inputs(b=1, t=30)
     with longforge.dense(m):
         cache = SparseCache(m, max_len=8)
-        out = m.generate(input_ids=ids, max_new_tokens=5, past_key_values=cache, **GEN)
+        out = m.generate(input_ids=ids, max_new_tokens=5, **cache_kw(m, cache), **GEN)
     assert cache.layers[0].store.capacity >= 34
     ref = m.generate(input_ids=ids, max_new_tokens=5, **GEN)
     assert _maxdiff(ref, out) < 1e-4

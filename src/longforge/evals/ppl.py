@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from longforge.models import cache_kw
 from longforge.evals.runner import Method, Results, prefill
 
 
@@ -21,7 +22,7 @@ def nll_under(model, cache, policy, ids: list[int]) -> float:
     cache.policy = policy
     total = 0.0
     for cur, nxt in zip(ids[:-1], ids[1:]):
-        logits = model(input_ids=torch.tensor([[cur]], device=model.device), past_key_values=cache,
+        logits = model(input_ids=torch.tensor([[cur]], device=model.device), **cache_kw(model, cache),
                        use_cache=True).logits[0, -1]
         total -= torch.log_softmax(logits.float(), -1)[nxt].item()
     return total

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from longforge.models import cache_kw
 from longforge.sparse.hf import SparseCache
 from longforge.sparse.policies import Policy, make_policy
 
@@ -95,7 +96,7 @@ def prefill(model, ids: list[int], max_len: int, track_scores: bool,
             page_size: int = 16) -> SparseCache:
     """Dense prefill of ``ids`` into a fresh cache (call inside ``sparse_attention(model, ...)``)."""
     cache = SparseCache(model, max_len=max_len, page_size=page_size, track_scores=track_scores)
-    body(model)(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache,
+    body(model)(input_ids=torch.tensor([ids], device=model.device), **cache_kw(model, cache),
                 use_cache=True)
     return cache
 
@@ -107,11 +108,11 @@ def decode(model, cache: SparseCache, policy: Policy, tail: list[int], max_new: 
     cache.policy = policy
     dev = model.device
     for t in tail[:-1]:
-        body(model)(input_ids=torch.tensor([[t]], device=dev), past_key_values=cache,
+        body(model)(input_ids=torch.tensor([[t]], device=dev), **cache_kw(model, cache),
                     use_cache=True)
     nxt, out = tail[-1], []
     for _ in range(max_new):
-        logits = model(input_ids=torch.tensor([[nxt]], device=dev), past_key_values=cache,
+        logits = model(input_ids=torch.tensor([[nxt]], device=dev), **cache_kw(model, cache),
                        use_cache=True).logits[0, -1]
         nxt = int(logits.argmax())
         out.append(nxt)

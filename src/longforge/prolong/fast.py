@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from longforge.models import cache_kw
+
 
 class FastScorer:
     """Same contract as :class:`~longforge.prolong.reference.ReferenceScorer`."""
@@ -64,8 +66,9 @@ class FastScorer:
         keys, values, single = None, None, []
         for s in range(0, n, batch):
             b = x[s:s + batch]
-            out = self.base(input_ids=b, past_key_values=DynamicCache(), use_cache=True)
-            layers = out.past_key_values.layers
+            cache = DynamicCache()
+            out = self.base(input_ids=b, **cache_kw(self.base, cache), use_cache=True)
+            layers = cache.layers
             if keys is None:
                 keys, values = [[] for _ in layers], [[] for _ in layers]
             for k, layer in enumerate(layers):
@@ -86,7 +89,7 @@ class FastScorer:
                                                  for k, v in zip(keys, values)],
                                  config=self.config)
             xi = x.index_select(0, bi)
-            h = self.base(input_ids=xi[:, :-1], past_key_values=cache, position_ids=pos,
+            h = self.base(input_ids=xi[:, :-1], **cache_kw(self.base, cache), position_ids=pos,
                           use_cache=True).last_hidden_state
             pair.append(self._nll(h.reshape(-1, h.shape[-1]), xi[:, 1:].reshape(-1))
                         .view(len(bi), c - 1).mean(1))

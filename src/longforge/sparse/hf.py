@@ -6,7 +6,7 @@ Nothing is forked. ``with longforge.quest(model, token_budget=2048): model.gener
   (``AttentionInterface`` / ``AttentionMaskInterface``; without the mask function Gemma 3's
   sliding layers would silently lose their window), and switches the model to it;
 * adds a forward pre-hook to every attention module that hands the attention function the
-  ``past_key_values`` the decoder layer passed;
+  KV cache the decoder layer passed (``cache``, or ``past_key_values`` before transformers 5.24);
 * wraps ``model.generate`` so that, when no cache is given, it decodes with a
   :class:`SparseCache`: full-attention layers are ``PagedKV``-backed :class:`PagedLayer`s,
   sliding-window layers keep the stock ``DynamicSlidingWindowLayer``;
@@ -30,6 +30,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin, DynamicSlidingWindo
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from longforge.models import cache_arg
 from longforge.sparse.policies import H2O, Dense, Policy, Quest, StreamingLLM
 from longforge.sparse.store import PagedKV
 
@@ -209,8 +210,9 @@ def sparse_attention_forward(module, query, key, value, attention_mask, scaling=
     if not isinstance(layer, PagedLayer):
         if query.shape[2] == 1 and past is not None and not isinstance(past, SparseCache):
             raise TypeError("longforge sparse attention decodes from a SparseCache; got "
-                            f"{type(past).__name__}. Pass past_key_values=SparseCache(model, "
-                            "policy) (or QuestCache(model, ...)), or let generate() create it.")
+                            f"{type(past).__name__}. Pass SparseCache(model, policy) (or "
+                            "QuestCache(model, ...)) as the model's cache, or let generate() "
+                            "create it.")
         return _dense(module, query, key, value, attention_mask, scaling, softcap, **kwargs)
     if query.shape[2] > 1:  # prefill (or a multi-token chunk): dense
         if layer.scores is not None:
@@ -247,7 +249,8 @@ def _attention_modules(model):
 
 
 def _capture_past(module, args, kwargs):
-    setattr(module, _PAST, kwargs.get("past_key_values"))
+    past = kwargs.get("cache")  # transformers >= 5.24
+    setattr(module, _PAST, kwargs.get("past_key_values") if past is None else past)
 
 
 def _release_past(module, args, kwargs, output):
@@ -259,7 +262,7 @@ def _release_past(module, args, kwargs, output):
 def sparse_attention(model, policy: Policy, max_len: int | None = None):
     """Decode with ``policy`` inside the context (``generate`` builds a :class:`SparseCache`).
 
-    A user-supplied ``past_key_values`` must be a :class:`SparseCache` (its own policy is used).
+    A cache passed to ``generate`` must be a :class:`SparseCache` (its own policy is used).
     """
     if getattr(model, "_longforge_active", False):
         raise RuntimeError("a longforge sparse-attention context is already active on this model")
@@ -280,13 +283,15 @@ def sparse_attention(model, policy: Policy, max_len: int | None = None):
 
         @functools.wraps(stock_generate)
         def generate(*args, **kwargs):
-            past = kwargs.get("past_key_values")
+            past = next((kwargs[n] for n in ("cache", "past_key_values")
+                         if kwargs.get(n) is not None), None)
             if past is None:
-                kwargs["past_key_values"] = SparseCache(
+                kwargs[cache_arg(model)] = SparseCache(
                     model, policy, max_len or _generate_length(model, args, kwargs))
             elif not isinstance(past, SparseCache):
-                raise TypeError("inside a longforge sparse-attention context, past_key_values "
-                                f"must be a longforge SparseCache, got {type(past).__name__}")
+                raise TypeError("inside a longforge sparse-attention context, the cache passed "
+                                f"to generate must be a longforge SparseCache, got "
+                                f"{type(past).__name__}")
             return stock_generate(*args, **kwargs)
 
         model.generate = generate
