@@ -1,4 +1,13 @@
+import os
+
 import pytest
+import torch
+
+# Triton reads TRITON_INTERPRET when it decorates its own library functions (tl.max, tl.sum...),
+# i.e. when triton is first imported -- and transformers imports it early. Without a GPU the
+# kernels can only run interpreted, so set it here, before any test module imports anything.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

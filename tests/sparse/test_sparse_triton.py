@@ -1,25 +1,30 @@
-"""Triton kernels == PyTorch reference, run by Triton's interpreter on the CPU."""
+"""Triton kernels == PyTorch reference: compiled on a GPU, run by Triton's interpreter on the
+CPU (``tests/conftest.py`` sets ``TRITON_INTERPRET=1`` before triton is first imported)."""
 import os
-
-os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are decorated, i.e. on import
 
 import pytest
 import torch
 
+from longforge.sparse import ops
+from longforge.sparse.store import PagedKV
+
 triton = pytest.importorskip("triton")
-
-from longforge.sparse import ops  # noqa: E402
-from longforge.sparse.store import PagedKV  # noqa: E402
-
 tk = pytest.importorskip("longforge.sparse.triton_kernels")
-REF = getattr(ops, "quest_decode_reference", ops.quest_decode)
+DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+if DEVICE == "cuda" and not torch.cuda.is_available():
+    pytest.fail("no GPU and TRITON_INTERPRET is not 1: the kernels cannot run", pytrace=False)
+REF = ops.quest_decode_reference
+
+
+def _randn(*shape):
+    return torch.randn(*shape).to(DEVICE)
 
 
 def _store(b=2, hkv=2, d=16, n=45, P=4, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    st = PagedKV(b, hkv, d, capacity=64, page_size=P, dtype=dtype)
-    st.append(torch.randn(b, hkv, n, d, generator=g).to(dtype),
-              torch.randn(b, hkv, n, d, generator=g).to(dtype))
+    st = PagedKV(b, hkv, d, capacity=64, page_size=P, dtype=dtype, device=DEVICE)
+    st.append(torch.randn(b, hkv, n, d, generator=g).to(DEVICE, dtype),
+              torch.randn(b, hkv, n, d, generator=g).to(DEVICE, dtype))
     return st
 
 
@@ -37,7 +42,7 @@ def test_update_meta_matches_store():
 @pytest.mark.parametrize("hq", [2, 6])  # G = 1 and G = 3 (not a power of two)
 def test_criticality_group_max(hq):
     st = _store()
-    q = torch.randn(2, hq, 16)
+    q = _randn(2, hq, 16)
     got = tk.criticality(q, st.meta, st.n_pages, block_pages=4)
     want = ops.criticality(q, st.meta, st.n_pages).amax(dim=2)
     assert torch.allclose(got, want, atol=1e-4)
@@ -47,10 +52,10 @@ def test_criticality_group_max(hq):
 @pytest.mark.parametrize("masked", [False, True])
 def test_decode_matches_reference(budget, masked):
     st = _store()
-    q = torch.randn(2, 4, 16)
+    q = _randn(2, 4, 16)
     mask = None
     if masked:
-        mask = torch.ones(2, st.length, dtype=torch.bool)
+        mask = torch.ones(2, st.length, dtype=torch.bool, device=DEVICE)
         mask[1, :7] = False
     want = REF(q, st, budget, 0.25, mask)
     got = tk.quest_decode_triton(q, st, budget, 0.25, mask)
@@ -59,9 +64,9 @@ def test_decode_matches_reference(budget, masked):
 
 def test_softcap_and_split_merge():
     st = _store(n=64)
-    q = torch.randn(2, 4, 16) * 4
+    q = _randn(2, 4, 16) * 4
     want = REF(q, st, 1000, 0.5, None, softcap=5.0)
-    pages = torch.arange(st.n_pages).expand(2, 2, -1)
+    pages = torch.arange(st.n_pages, device=DEVICE).expand(2, 2, -1)
     for per_split in (1, 3, 16):
         got = tk.sparse_attention(q, st.k, st.v, pages, st.page_size, st.length, 0.5,
                                   softcap=5.0, pages_per_split=per_split)
@@ -70,7 +75,7 @@ def test_softcap_and_split_merge():
 
 def test_half_precision_inputs():
     st = _store(dtype=torch.float16)
-    q = torch.randn(2, 4, 16).half()
+    q = _randn(2, 4, 16).half()
     want = REF(q.float(), _store(), 20, 0.25)  # same values in fp32
     got = tk.quest_decode_triton(q, st, 20, 0.25)
     assert got.dtype == torch.float16
