@@ -1,4 +1,9 @@
-"""Quest decode-step operations in plain PyTorch: the reference every fast path is tested against.
+"""Quest decode-step operations: the plain-PyTorch reference and the dispatching entry points.
+
+``quest_decode`` / ``dense_decode`` run the Triton kernels on CUDA (when
+``longforge.sparse.triton_kernels`` imports) and the fast CPU path (``longforge.sparse.cpu``)
+elsewhere. ``quest_decode_reference`` / ``dense_decode_reference`` and the helpers below are the
+straightforward reference every fast path is tested against.
 
 Shapes: ``q`` is ``[B, H_q, D]`` (one decode step), the store holds ``H_kv`` heads with
 ``G = H_q / H_kv`` query heads per KV group.
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from longforge.sparse import cpu
 from longforge.sparse.store import PagedKV
 
 
@@ -64,8 +70,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tenso
     return torch.matmul(torch.softmax(s.float(), dim=-1).to(v.dtype), v)
 
 
-def dense_decode(q: torch.Tensor, store: PagedKV, scale: float, key_mask: torch.Tensor | None = None,
-                 softcap: float | None = None) -> torch.Tensor:
+def dense_decode_reference(q: torch.Tensor, store: PagedKV, scale: float,
+                           key_mask: torch.Tensor | None = None, softcap: float | None = None) -> torch.Tensor:
     """Dense decode attention over the whole cache. ``key_mask``: bool ``[B, L]`` (True = attend)."""
     b, hq, d = q.shape
     hkv = store.k.shape[1]
@@ -74,16 +80,17 @@ def dense_decode(q: torch.Tensor, store: PagedKV, scale: float, key_mask: torch.
     return out.reshape(b, hq, d)
 
 
-def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: float,
-                 key_mask: torch.Tensor | None = None, softcap: float | None = None) -> torch.Tensor:
-    """One Quest decode step: select the critical pages per KV group, attend over them exactly.
+def quest_decode_reference(q: torch.Tensor, store: PagedKV, token_budget: int, scale: float,
+                           key_mask: torch.Tensor | None = None,
+                           softcap: float | None = None) -> torch.Tensor:
+    """One Quest decode step (reference): select the critical pages per KV group, attend over them exactly.
 
     Dense when the context fits the budget. A budget below one page still keeps the last page.
     """
     P = store.page_size
     budget_pages = max(1, token_budget // P)
     if store.n_pages <= budget_pages:
-        return dense_decode(q, store, scale, key_mask, softcap)
+        return dense_decode_reference(q, store, scale, key_mask, softcap)
     b, hq, d = q.shape
     hkv = store.k.shape[1]
     pages = select_pages(q, store, budget_pages)
@@ -101,3 +108,35 @@ def _pad_mask(key_mask: torch.Tensor, capacity: int) -> torch.Tensor:
     m = torch.zeros(key_mask.shape[0], capacity, dtype=torch.bool, device=key_mask.device)
     m[:, : key_mask.shape[1]] = key_mask.bool()
     return m
+
+
+def _triton():
+    """``triton_kernels.quest_decode_triton`` if it imports, else None."""
+    try:
+        from longforge.sparse.triton_kernels import quest_decode_triton
+    except Exception:  # no triton, or no usable GPU toolchain
+        return None
+    return quest_decode_triton
+
+
+def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: float,
+                 key_mask: torch.Tensor | None = None, softcap: float | None = None) -> torch.Tensor:
+    """One Quest decode step: select the critical pages per KV group, attend over them exactly.
+
+    Dense when the context fits the budget. A budget below one page still keeps the last page.
+    CUDA: the Triton kernels (reference if they do not import); otherwise the CPU path.
+    """
+    if q.is_cuda:
+        fast = _triton()
+        if fast is not None:
+            return fast(q, store, token_budget, scale, key_mask, softcap)
+        return quest_decode_reference(q, store, token_budget, scale, key_mask, softcap)
+    return cpu.quest_decode(q, store, token_budget, scale, key_mask, softcap)
+
+
+def dense_decode(q: torch.Tensor, store: PagedKV, scale: float, key_mask: torch.Tensor | None = None,
+                 softcap: float | None = None) -> torch.Tensor:
+    """Dense decode attention over the whole cache. ``key_mask``: bool ``[B, L]`` (True = attend)."""
+    if q.is_cuda:
+        return dense_decode_reference(q, store, scale, key_mask, softcap)
+    return cpu.dense_decode(q, store, scale, key_mask, softcap)

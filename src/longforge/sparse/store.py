@@ -75,6 +75,14 @@ class PagedKV:
             self.meta[:, :, p, :D] = part.amax(dim=2)
             self.meta[:, :, p, D:] = part.amin(dim=2)
 
+    def set_length(self, length: int) -> None:
+        """Declare the first ``length`` tokens written in place (e.g. ``k.normal_()``) and rebuild
+        the metadata of all their pages in one pass (benchmarks fill caches this way)."""
+        if not 0 <= length <= self.capacity:
+            raise ValueError(f"length {length} outside [0, capacity {self.capacity}]")
+        self.length = length
+        self._update_meta(0, length)
+
     def reset(self) -> None:
         self.length = 0
 

@@ -1,0 +1,131 @@
+"""Fast CPU decode step for Quest and dense attention (fp32, a few cores, memory-bound).
+
+Same contract as the reference in :mod:`longforge.sparse.ops`; every pass over memory is counted:
+
+* criticality: one batched matmul ``meta[B, H_kv, n, 2D] @ [relu(q), min(q, 0)]^T``. With the
+  metadata on the left the matmul streams it row by row once (``q @ meta^T`` was ~2x slower);
+  the result ``[B, H_kv, n, G]`` is reduced by max over the group's heads.
+* top-K over ``n`` page scores (tiny).
+* gather: ``index_select`` of whole pages (``P*D`` contiguous floats each) from the flattened
+  ``[B*H_kv*pages, P*D]`` view of K and of V into reused buffers -- the only copy, K*P*D floats
+  per KV head, small enough to stay in the last-level cache for the two matmuls that follow.
+* attention: keys on the left again, ``k_sel @ q^T`` -> scores ``[B, H_kv, K*P, G]``, softmax
+  over keys, ``p^T @ v_sel``. Masks (partial last page, padding) are applied to the scores only
+  when there is something to mask.
+
+Dense decode over the same preallocated cache uses the same matmul-softmax-matmul (no copies).
+"""
+from __future__ import annotations
+
+import torch
+
+from longforge.sparse.store import PagedKV
+
+_BUFFERS: dict = {}
+
+
+def _buffer(name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """A reused scratch tensor (a fresh multi-MiB allocation page-faults on every call)."""
+    key = (name, like.dtype, like.device)
+    buf = _BUFFERS.get(key)
+    n = 1
+    for s in shape:
+        n *= s
+    if buf is None or buf.numel() < n:
+        buf = _BUFFERS[key] = torch.empty(n, dtype=like.dtype, device=like.device)
+    return buf[:n].view(shape)
+
+
+def page_scores(q: torch.Tensor, store: PagedKV) -> torch.Tensor:
+    """Per-KV-group page criticality ``[B, H_kv, n_pages]`` (max over the group's heads)."""
+    b, hq, d = q.shape
+    hkv = store.meta.shape[1]
+    qg = q.view(b, hkv, hq // hkv, d).to(store.meta.dtype)
+    q2 = torch.cat([qg.clamp(min=0), qg.clamp(max=0)], dim=-1)  # [B, H_kv, G, 2D]
+    crit = torch.matmul(store.meta[:, :, : store.n_pages], q2.transpose(-1, -2))  # [B,H,n,G]
+    return crit.amax(dim=-1)
+
+
+def top_pages(scores: torch.Tensor, budget_pages: int) -> torch.Tensor:
+    """Indices ``[B, H_kv, K]`` of the best pages; the last page (being written) always kept."""
+    scores[..., -1] = float("inf")
+    return scores.topk(budget_pages, dim=-1, sorted=False).indices
+
+
+def gather(x: torch.Tensor, pages: torch.Tensor, page_size: int, name: str) -> torch.Tensor:
+    """The selected pages of ``x[B, H, cap, D]`` as ``[B, H, K*P, D]`` (one copy, reused buffer)."""
+    b, h, cap, d = x.shape
+    per_head = cap // page_size
+    base = torch.arange(b * h, device=pages.device).view(b, h, 1) * per_head
+    flat = x.view(b * h * per_head, page_size * d)
+    out = _buffer(name, (pages.numel(), page_size * d), x)
+    torch.index_select(flat, 0, (pages + base).flatten(), out=out)
+    return out.view(b, h, pages.shape[-1] * page_size, d)
+
+
+def valid_keys(pages: torch.Tensor, store: PagedKV, key_mask: torch.Tensor | None):
+    """Bool ``[B, H_kv, K*P]`` of gathered keys that may be attended, or None if all may."""
+    P = store.page_size
+    if key_mask is None and store.length % P == 0:
+        return None
+    pos = (pages[..., None] * P + torch.arange(P, device=pages.device)).flatten(-2)
+    valid = pos < store.length
+    if key_mask is not None:
+        full = torch.zeros(key_mask.shape[0], store.capacity, dtype=torch.bool,
+                           device=key_mask.device)
+        full[:, : key_mask.shape[1]] = key_mask.bool()
+        b, h, t = pos.shape
+        valid &= torch.gather(full, 1, pos.reshape(b, h * t)).view(b, h, t)
+    return valid
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None,
+           scale: float, softcap: float | None) -> torch.Tensor:
+    """Softmax attention of ``q[B, H_kv, G, D]`` over ``k, v[B, H_kv, T, D]`` -> ``[B, H_kv, G, D]``.
+
+    Keys on the left of both matmuls: ``k @ q^T`` streams ``k`` row by row; ``valid`` is a
+    bool ``[B, H_kv, T]`` (or broadcastable) mask of the keys that may be attended.
+    """
+    s = torch.matmul(k, q.transpose(-1, -2))  # [B, H_kv, T, G]
+    s.mul_(scale)
+    if softcap:
+        s = torch.tanh(s / softcap) * softcap
+    if valid is not None:
+        s.masked_fill_(~valid[..., None], float("-inf"))
+    p = torch.softmax(s, dim=-2, dtype=torch.float32).to(v.dtype)
+    return torch.matmul(p.transpose(-1, -2), v)
+
+
+def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: float,
+                 key_mask: torch.Tensor | None = None, softcap: float | None = None) -> torch.Tensor:
+    """One Quest decode step on the CPU (contract of ``ops.quest_decode``)."""
+    budget_pages = max(1, token_budget // store.page_size)
+    if store.n_pages <= budget_pages:
+        return dense_decode(q, store, scale, key_mask, softcap)
+    b, hq, d = q.shape
+    hkv = store.k.shape[1]
+    pages = top_pages(page_scores(q, store), budget_pages)
+    k = gather(store.k, pages, store.page_size, "k")
+    v = gather(store.v, pages, store.page_size, "v")
+    out = attend(q.view(b, hkv, hq // hkv, d), k, v, valid_keys(pages, store, key_mask), scale,
+                 softcap)
+    return out.reshape(b, hq, d)
+
+
+def dense_decode(q: torch.Tensor, store: PagedKV, scale: float,
+                 key_mask: torch.Tensor | None = None, softcap: float | None = None) -> torch.Tensor:
+    """Dense decode step over the preallocated cache (contract of ``ops.dense_decode``)."""
+    b, hq, d = q.shape
+    hkv = store.k.shape[1]
+    valid = None if key_mask is None else key_mask[:, None, : store.length].bool()
+    out = attend(q.view(b, hkv, hq // hkv, d), store.keys(), store.values(), valid, scale,
+                 softcap)
+    return out.reshape(b, hq, d)
+
+
+def dense_sdpa(q: torch.Tensor, store: PagedKV, scale: float) -> torch.Tensor:
+    """Dense decode step with ``scaled_dot_product_attention`` (the stock kernel, for comparison)."""
+    b, hq, d = q.shape
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q[:, :, None], store.keys(), store.values(), scale=scale, enable_gqa=True)
+    return out.reshape(b, hq, d)

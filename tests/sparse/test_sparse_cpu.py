@@ -1,0 +1,80 @@
+"""The fast CPU decode path equals the plain-PyTorch reference (``ops.*_reference``)."""
+import pytest
+import torch
+
+from longforge.sparse import cpu, ops
+from longforge.sparse.store import PagedKV
+
+
+def _store(b, hkv, d, n, P=4, cap=80, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    st = PagedKV(b, hkv, d, capacity=cap, page_size=P)
+    st.append(torch.randn(b, hkv, n, d, generator=g), torch.randn(b, hkv, n, d, generator=g))
+    return st
+
+
+CASES = [  # (batch, query heads, kv heads, length, budget): partial last page, GQA, batch > 1
+    (1, 4, 4, 64, 16),
+    (2, 8, 2, 37, 12),
+    (3, 6, 3, 61, 20),
+    (2, 4, 1, 50, 2),  # budget below one page: the last page only
+    (2, 4, 2, 37, 64),  # budget >= context: dense
+]
+
+
+@pytest.mark.parametrize("b,hq,hkv,n,budget", CASES)
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_quest_fast_equals_reference(b, hq, hkv, n, budget, softcap):
+    st = _store(b, hkv, 8, n)
+    q = torch.randn(b, hq, 8)
+    want = ops.quest_decode_reference(q, st, budget, 0.3, softcap=softcap)
+    assert torch.allclose(cpu.quest_decode(q, st, budget, 0.3, softcap=softcap), want, atol=1e-5)
+    assert torch.allclose(ops.quest_decode(q, st, budget, 0.3, softcap=softcap), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("b,hq,hkv,n,budget", CASES)
+def test_quest_fast_equals_reference_with_key_mask(b, hq, hkv, n, budget):
+    st = _store(b, hkv, 8, n, seed=1)
+    q = torch.randn(b, hq, 8)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[-1, :7] = False  # left padding in the last row
+    want = ops.quest_decode_reference(q, st, budget, 0.3, key_mask=mask)
+    assert torch.allclose(cpu.quest_decode(q, st, budget, 0.3, key_mask=mask), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("b,hq,hkv,n,budget", CASES)
+def test_dense_fast_and_sdpa_equal_reference(b, hq, hkv, n, budget):
+    st = _store(b, hkv, 8, n, seed=2)
+    q = torch.randn(b, hq, 8)
+    want = ops.dense_decode_reference(q, st, 0.3)
+    assert torch.allclose(cpu.dense_decode(q, st, 0.3), want, atol=1e-5)
+    assert torch.allclose(ops.dense_decode(q, st, 0.3), want, atol=1e-5)
+    assert torch.allclose(cpu.dense_sdpa(q, st, 0.3), want, atol=1e-5)
+    mask = torch.rand(b, n) > 0.3
+    mask[:, -1] = True
+    assert torch.allclose(cpu.dense_decode(q, st, 0.3, key_mask=mask),
+                          ops.dense_decode_reference(q, st, 0.3, key_mask=mask), atol=1e-5)
+
+
+def test_fast_path_selects_the_reference_pages():
+    st = _store(2, 2, 8, 77, seed=3)
+    q = torch.randn(2, 8, 8)
+    fast = cpu.top_pages(cpu.page_scores(q, st), 5).sort(-1).values
+    assert torch.equal(fast, ops.select_pages(q, st, 5).sort(-1).values)
+
+
+def test_gather_returns_whole_pages_in_order():
+    x = torch.arange(2 * 1 * 16 * 1.0).view(2, 1, 16, 1)
+    got = cpu.gather(x, torch.tensor([[[3, 1]], [[0, 2]]]), 4, "test")
+    assert got[0, 0, :, 0].tolist() == [12, 13, 14, 15, 4, 5, 6, 7]
+    assert got[1, 0, :, 0].tolist() == [16, 17, 18, 19, 24, 25, 26, 27]
+
+
+def test_set_length_rebuilds_metadata_like_append():
+    ref = _store(2, 2, 8, 45, seed=4)
+    st = PagedKV(2, 2, 8, capacity=80, page_size=4)
+    st.k[:, :, :45], st.v[:, :, :45] = ref.keys(), ref.values()
+    st.set_length(45)
+    assert torch.equal(st.meta[:, :, : st.n_pages], ref.meta[:, :, : ref.n_pages])
+    with pytest.raises(ValueError):
+        st.set_length(81)
