@@ -51,11 +51,12 @@ def model_stage(out_dir: Path, model) -> str:
 
 
 def _stages():
+    from longforge.evals.demo import sparse_stage
     from longforge.prolong.demo import prolong_stage
     from longforge.synth.demo import synth_stage
 
     return [("corpus", corpus_stage), ("model", model_stage), ("prolong", prolong_stage),
-            ("synth", synth_stage)]
+            ("synth", synth_stage), ("sparse", sparse_stage)]
 
 
 def demo(output: Path = typer.Option(Path("out/demo"), help="Where the demo writes its outputs."),

@@ -95,3 +95,15 @@ def test_dense_token_by_token_ppl_equals_teacher_forcing(tok, model, tmp_path):
     quest = next(r for r in res.rows if r["method"] == "quest")
     assert dense["tokens"] == 16 and math.isclose(dense["nll"], ref, rel_tol=1e-4)
     assert quest["nll"] != dense["nll"]
+
+
+def test_demo_stage_with_a_tiny_model(tok, model, tmp_path):
+    from longforge.evals.demo import DEPTHS, sparse_stage
+    from longforge.models import LoadedModel
+
+    line = sparse_stage(tmp_path, LoadedModel(model, tok, "tiny-llama"))
+    rows = [json.loads(x) for x in (tmp_path / "sparse" / "results.jsonl").read_text().splitlines()]
+    assert {(r["method"], r["depth"]) for r in rows} == {(m, d) for m in ("dense", "quest")
+                                                        for d in DEPTHS}
+    assert all(r["budget_tokens"] in (None, r["context_tokens"] // 8) for r in rows)
+    assert "dense" in line and "Quest" in line and (tmp_path / "sparse" / "summary.md").exists()
