@@ -1,4 +1,7 @@
 """The fast CPU decode path equals the plain-PyTorch reference (``ops.*_reference``)."""
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -78,3 +81,63 @@ def test_set_length_rebuilds_metadata_like_append():
     assert torch.equal(st.meta[:, :, : st.n_pages], ref.meta[:, :, : ref.n_pages])
     with pytest.raises(ValueError):
         st.set_length(81)
+
+
+# ------------------------------------------------------------------ the opt-in C kernel
+needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC", "gcc")) is None,
+                              reason="no C compiler")
+
+
+@needs_cc
+@pytest.mark.parametrize("b,hq,hkv,n,budget", CASES + [(1, 4, 1, 64, 16)])  # last: split pages
+@pytest.mark.parametrize("softcap", [None, 5.0])
+@pytest.mark.parametrize("masked", [False, True])
+def test_c_kernel_equals_reference(b, hq, hkv, n, budget, softcap, masked):
+    st = _store(b, hkv, 8, n, seed=5)
+    q = torch.randn(b, hq, 8)
+    mask = None
+    if masked:
+        mask = torch.ones(b, n, dtype=torch.bool)
+        mask[-1, :7] = False
+    want = ops.quest_decode_reference(q, st, budget, 0.3, key_mask=mask, softcap=softcap)
+    with cpu.kernel("c"):
+        got = ops.quest_decode(q, st, budget, 0.3, key_mask=mask, softcap=softcap)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert cpu.get_kernel() == "torch"  # restored after the block
+
+
+@needs_cc
+def test_c_kernel_pieces_equal_torch_ops():
+    from longforge.sparse import cpu_kernel as ck
+
+    st = _store(2, 2, 8, 77, seed=6)
+    q = torch.randn(2, 8, 8)
+    qg = q.view(2, 2, 4, 8)
+    q2 = torch.cat([qg.clamp(min=0), qg.clamp(max=0)], dim=-1).contiguous()
+    want = ops.criticality(q, st.meta, st.n_pages).amax(dim=2)
+    assert torch.allclose(ck.group_criticality(q2, st.meta, st.n_pages), want, atol=1e-5)
+    pages = torch.tensor([[[3, 1, 19], [0, 2, 5]], [[7, 8, 9], [19, 4, 6]]])
+    k, v = ops.gather_pages(st.k, pages, 4), ops.gather_pages(st.v, pages, 4)
+    s = ck.paged_qk(qg.contiguous(), st.k, pages, 4)
+    assert torch.allclose(s, k @ qg.transpose(-1, -2), atol=1e-5)
+    p = torch.rand(2, 2, 12, 4)
+    assert torch.allclose(ck.paged_pv(p, st.v, pages, 4), p.transpose(-1, -2) @ v, atol=1e-5)
+
+
+def test_unknown_kernel_is_refused():
+    with pytest.raises(ValueError, match="unknown CPU kernel"):
+        cpu.set_kernel("fortran")
+
+
+def test_c_kernel_that_cannot_be_built_raises(monkeypatch, tmp_path):
+    from longforge.sparse import cpu_kernel as ck
+
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("LONGFORGE_CACHE", str(tmp_path))
+    ck.library.cache_clear()
+    try:
+        with pytest.raises(ck.KernelBuildError, match="C compiler"):
+            cpu.set_kernel("c")
+        assert cpu.get_kernel() == "torch"  # nothing changed
+    finally:
+        ck.library.cache_clear()

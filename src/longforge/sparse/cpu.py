@@ -14,14 +14,55 @@ Same contract as the reference in :mod:`longforge.sparse.ops`; every pass over m
   when there is something to mask.
 
 Dense decode over the same preallocated cache uses the same matmul-softmax-matmul (no copies).
+
+Kernel ``"c"`` (opt-in: ``LONGFORGE_CPU_KERNEL=c`` or :func:`set_kernel`) replaces the
+criticality matmul, the gather and the two attention matmuls of the Quest step by the loops of
+:mod:`longforge.sparse.cpu_kernel`, which read the metadata and the selected pages in place;
+masks, softcap, top-K and the softmax are the same PyTorch code. Dense decode is unchanged.
 """
 from __future__ import annotations
+
+import os
+from contextlib import contextmanager
 
 import torch
 
 from longforge.sparse.store import PagedKV
 
+KERNELS = ("torch", "c")
+_KERNEL = {"name": os.environ.get("LONGFORGE_CPU_KERNEL", "torch")}
+
 _BUFFERS: dict = {}
+
+
+def set_kernel(name: str) -> None:
+    """Choose the Quest CPU kernel: ``"torch"`` (default) or ``"c"`` (built now; raises
+    ``cpu_kernel.KernelBuildError`` with the compiler's message if it cannot be built)."""
+    if name not in KERNELS:
+        raise ValueError(f"unknown CPU kernel {name!r}; choose one of {KERNELS}")
+    if name == "c":
+        from longforge.sparse import cpu_kernel
+
+        cpu_kernel.library()
+    _KERNEL["name"] = name
+
+
+@contextmanager
+def kernel(name: str):
+    """``with cpu.kernel("c"): ...`` -- :func:`set_kernel` for a block, restored after."""
+    old = _KERNEL["name"]
+    set_kernel(name)
+    try:
+        yield
+    finally:
+        _KERNEL["name"] = old
+
+
+def get_kernel() -> str:
+    name = _KERNEL["name"]
+    if name not in KERNELS:
+        raise ValueError(f"LONGFORGE_CPU_KERNEL={name!r}; choose one of {KERNELS}")
+    return name
 
 
 def _buffer(name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
@@ -102,6 +143,8 @@ def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: floa
     budget_pages = max(1, token_budget // store.page_size)
     if store.n_pages <= budget_pages:
         return dense_decode(q, store, scale, key_mask, softcap)
+    if get_kernel() == "c" and store.k.dtype == torch.float32 and q.dtype == torch.float32:
+        return _quest_decode_c(q, store, budget_pages, scale, key_mask, softcap)
     b, hq, d = q.shape
     hkv = store.k.shape[1]
     pages = top_pages(page_scores(q, store), budget_pages)
@@ -110,6 +153,27 @@ def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: floa
     out = attend(q.view(b, hkv, hq // hkv, d), k, v, valid_keys(pages, store, key_mask), scale,
                  softcap)
     return out.reshape(b, hq, d)
+
+
+def _quest_decode_c(q: torch.Tensor, store: PagedKV, budget_pages: int, scale: float,
+                    key_mask: torch.Tensor | None, softcap: float | None) -> torch.Tensor:
+    """The Quest step with the in-place C loops (same selection, masks and softmax as above)."""
+    from longforge.sparse import cpu_kernel as ck
+
+    b, hq, d = q.shape
+    hkv = store.k.shape[1]
+    qg = q.reshape(b, hkv, hq // hkv, d).contiguous()
+    q2 = torch.cat([qg.clamp(min=0), qg.clamp(max=0)], dim=-1)
+    pages = top_pages(ck.group_criticality(q2, store.meta, store.n_pages), budget_pages)
+    s = ck.paged_qk(qg, store.k, pages, store.page_size)  # [B, H_kv, K*P, G]
+    s.mul_(scale)
+    if softcap:
+        s = torch.tanh(s / softcap) * softcap
+    valid = valid_keys(pages, store, key_mask)
+    if valid is not None:
+        s.masked_fill_(~valid[..., None], float("-inf"))
+    p = torch.softmax(s, dim=-2)
+    return ck.paged_pv(p, store.v, pages, store.page_size).reshape(b, hq, d)
 
 
 def dense_decode(q: torch.Tensor, store: PagedKV, scale: float,

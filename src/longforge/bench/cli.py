@@ -1,0 +1,113 @@
+"""``longforge bench attention|decode``: speed, as ratios against a baseline timed in the same run.
+
+Run them alone on the machine (in this project: ``flock /tmp/longforge-heavy.lock longforge
+bench ...``); see docs/speed.md.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Speed benchmarks: decode attention and end-to-end decode, dense vs "
+                       "Quest (ratios against a baseline measured in the same run).",
+                  no_args_is_help=True)
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def _strs(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _require_device(device: str) -> None:
+    import torch
+
+    if device not in ("cpu", "cuda"):
+        raise typer.BadParameter(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        typer.echo("no CUDA GPU found: nothing was measured (run with --device cpu, or on a "
+                   "machine with a CUDA GPU for the Triton kernels)", err=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+def attention(
+    device: str = typer.Option("cpu", help="cpu (PyTorch / C kernels) or cuda (Triton)."),
+    shapes: str = typer.Option("32x128,32/8x128", help="Head shapes: HQxD (MHA) or HQ/HKVxD."),
+    contexts: str = typer.Option("8192,32768,131072", help="Context lengths (tokens)."),
+    budgets: str = typer.Option("256,512,1024,2048,4096", help="Quest token budgets."),
+    kernels: str = typer.Option("torch,c", help="Quest CPU kernels to time: torch, c (the C "
+                                                "kernel is built on first use)."),
+    repeats: int = typer.Option(40, help="Timed calls per method (median)."),
+    warmup: int = typer.Option(3, help="Untimed rounds first."),
+    page_size: int = typer.Option(16, help="Quest page size (tokens)."),
+    flush_mb: int = typer.Option(128, help="MiB read before every timed call (0: warm caches)."),
+    stream_mb: int = typer.Option(512, help="MiB summed to measure the read bandwidth."),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(None, help="Output folder (default benchmarks/results/"
+                                        "attention_<device>)."),
+):
+    """Time one decode step of attention: dense SDPA, dense matmul, Quest; and the limits."""
+    from longforge.bench import attention as bench
+    from longforge.bench.report import attention_markdown, write_attention
+    from longforge.sparse.cpu_kernel import KernelBuildError
+
+    _require_device(device)
+    out = out or Path(f"benchmarks/results/attention_{device}")
+    s = bench.Settings(device=device, shapes=_strs(shapes), contexts=_ints(contexts),
+                       budgets=_ints(budgets), kernels=_strs(kernels), repeats=repeats,
+                       warmup=warmup, page_size=page_size, flush_mb=flush_mb, stream_mb=stream_mb,
+                       seed=seed, out=str(out))
+    try:
+        for sh in s.shapes:
+            bench.parse_shape(sh)
+        result = bench.run(s)
+    except KernelBuildError as exc:
+        raise typer.BadParameter(f"{exc}\n(or leave 'c' out of --kernels)") from exc
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    write_attention(result, out)
+    typer.echo(attention_markdown(result).split("## All points")[0].rstrip())
+    typer.echo(f"\nresults: {out}/results.json, results.md, results.png")
+
+
+@app.command()
+def decode(
+    contexts: str = typer.Option("32768,131072", help="Context lengths of the Llama model."),
+    llama: str = typer.Option("tinyllama", help="Llama shapes: tinyllama (TinyLlama-1.1B) or "
+                                                "tiny (a 4-layer test model)."),
+    gemma: str = typer.Option("gemma-3-270m", help="Model for the real-prefill part ('none' "
+                                                   "to skip; tiny-gemma3 for tests)."),
+    gemma_contexts: str = typer.Option("8192,16384", help="Prompt lengths for the Gemma part."),
+    steps: int = typer.Option(16, help="Timed decode steps per policy (median)."),
+    warmup: int = typer.Option(2, help="Untimed decode steps per policy first."),
+    budget: int = typer.Option(2048, help="Quest token budget."),
+    dense_layers: int = typer.Option(2, help="First N layers dense (Quest's default)."),
+    page_size: int = typer.Option(16),
+    kernel: str = typer.Option("c", help="Quest CPU kernel: c or torch."),
+    stream_mb: int = typer.Option(512, help="MiB summed to measure the read bandwidth."),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("benchmarks/results/decode_cpu"), help="Output folder."),
+):
+    """End-to-end decode tokens/s, dense vs Quest, through the model forward (CPU)."""
+    from longforge.bench import decode as bench
+    from longforge.bench.report import decode_markdown, write_decode
+    from longforge.sparse.cpu_kernel import KernelBuildError
+
+    s = bench.Settings(contexts=_ints(contexts), llama=llama, gemma=gemma,
+                       gemma_contexts=_ints(gemma_contexts), steps=steps, warmup=warmup,
+                       budget=budget, dense_layers=dense_layers, page_size=page_size,
+                       kernel=kernel, stream_mb=stream_mb, seed=seed,
+                       out=str(out))
+    try:
+        result = bench.run(s)
+    except KernelBuildError as exc:
+        raise typer.BadParameter(f"{exc}\n(or pass --kernel torch)") from exc
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    write_decode(result, out)
+    typer.echo(decode_markdown(result))
+    typer.echo(f"\nresults: {out}/results.json, results.md")

@@ -1,0 +1,71 @@
+"""What every speed benchmark needs: the machine, a timer, a cache flush, the read bandwidth."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+
+def cpu_model() -> str:
+    """``model name`` (plus family/model numbers, which name the generation) from /proc/cpuinfo."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                info.setdefault(key.strip(), val.strip())
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = info.get("model name", platform.machine())
+    if "cpu family" in info:
+        name += f" (family {info['cpu family']}, model {info.get('model', '?')})"
+    return name
+
+
+def environment(device: torch.device) -> dict:
+    env = {"device": device.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "cpu": cpu_model(), "cores": os.cpu_count()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    """Seconds one call of ``fn()`` takes (finished work, on the GPU too)."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
+class Flusher:
+    """Reads a buffer larger than the last-level cache, so each timed call starts cold (as a
+    decode step does: the other layers have run in between)."""
+
+    def __init__(self, nbytes: int, device: torch.device):
+        self.buf = torch.ones(max(nbytes // 4, 1), device=device) if nbytes > 0 else None
+
+    def __call__(self) -> None:
+        if self.buf is not None:
+            self.buf.sum()
+
+
+def median_ms(seconds: list[float]) -> float:
+    return 1e3 * statistics.median(seconds)
+
+
+def stream_bandwidth(device: torch.device, nbytes: int = 512 * 2**20, repeats: int = 9) -> float:
+    """Streaming-read bandwidth in bytes/s: ``x.sum()`` over ``nbytes`` of fp32 (median)."""
+    x = torch.ones(nbytes // 4, device=device)
+    x.sum()
+    t = [timed(x.sum, device) for _ in range(repeats)]
+    return x.numel() * 4 / statistics.median(t)

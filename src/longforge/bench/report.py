@@ -1,0 +1,178 @@
+"""JSON, Markdown and a plot for the benchmark results (all written atomically)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from longforge.corpus import atomic_write_json, atomic_write_text
+
+# issue 8 "done when": Quest speedup over the faster dense path (GQA 32/8x128, budget 2048)
+ATTENTION_TARGETS = {32768: 5.0, 131072: 12.0}
+DECODE_TARGETS = {32768: 1.5, 131072: 3.0}
+
+
+def _k(n: int) -> str:
+    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _target_cell(value: float, target: float | None) -> str:
+    if target is None:
+        return "-"
+    verdict = "met" if value >= target else f"missed by {target - value:.2f}x"
+    return f">= {target:g}x: {verdict}"
+
+
+def _environment(meta: dict) -> str:
+    return (f"Machine: {meta['cpu']}, {meta['cores']} cores, torch {meta['torch']} "
+            f"({meta['threads']} threads), device `{meta['device']}`"
+            + (f" ({meta['gpu']})" if meta.get("gpu") else "") + ".")
+
+
+# ------------------------------------------------------------------ attention
+def attention_headline(rows: list[dict], budget: int = 2048) -> list[dict]:
+    """Rows of the GQA 32/8x128 shape at ``budget`` (the issue's targets)."""
+    return [r for r in rows if r["shape"] == "GQA 32/8x128" and r["budget"] == budget]
+
+
+def attention_markdown(result: dict) -> str:
+    meta, rows = result["meta"], result["rows"]
+    out = [f"# Decode attention, dense vs Quest ({meta['device']})", "",
+           f"Command: `{meta['command']}`", "", _environment(meta), "",
+           f"- {meta['fill']}",
+           f"- Batch 1, {meta['dtype']}, page size {meta['settings']['page_size']}; "
+           f"{meta['timing']}.",
+           f"- Streaming-read bandwidth (`x.sum()` over {meta['stream_mb']} MiB, same run): "
+           f"{meta['bandwidth_GBps_start']:.1f} GB/s at the start, "
+           f"{meta['bandwidth_GBps_end']:.1f} GB/s at the end; limits use the higher, "
+           f"{meta['bandwidth_GBps']:.1f} GB/s.",
+           "- Speedup: the faster dense path (SDPA or matmul) over Quest. Limit: bytes the "
+           "method must read / bandwidth (dense: all of K and V; Quest: page max/min "
+           "metadata + budget tokens of K and V per KV head). Fraction = limit / measured.", ""]
+    head = attention_headline(rows)
+    if head:
+        out += ["## Headline: GQA 32/8x128, budget 2048", "",
+                _table(["context", "kernel", "Quest ms", "faster dense", "dense ms", "speedup",
+                        "target", "Quest fraction of limit", "speedup at the limits"],
+                       [[_k(r["context"]), r["kernel"], f"{r['quest_ms']:.3f}",
+                         r["faster_dense"], f"{r['faster_dense_ms']:.2f}",
+                         f"{r['speedup']:.2f}x",
+                         _target_cell(r["speedup"], ATTENTION_TARGETS.get(r["context"])),
+                         f"{r['quest_fraction_of_limit']:.0%}", f"{r['limit_speedup']:.1f}x"]
+                        for r in head]), ""]
+    out += ["## All points", "",
+            _table(["shape", "context", "budget", "kernel", "SDPA ms", "matmul ms",
+                    "dense fraction of limit", "Quest ms (q1-q3)", "speedup",
+                    "Quest limit ms", "Quest fraction of limit"],
+                   [[r["shape"], _k(r["context"]), r["budget"], r["kernel"],
+                     f"{r['dense_sdpa_ms']:.2f}", f"{r['dense_matmul_ms']:.2f}",
+                     f"{r['dense_fraction_of_limit']:.0%}",
+                     f"{r['quest_ms']:.3f} ({r['quest_q1_ms']:.3f}-{r['quest_q3_ms']:.3f})",
+                     f"{r['speedup']:.2f}x", f"{r['quest_limit_ms']:.3f}",
+                     f"{r['quest_fraction_of_limit']:.0%}"] for r in rows]), ""]
+    return "\n".join(out)
+
+
+def attention_plot(result: dict) -> bytes:
+    """PNG: time per decode step vs context, one panel per shape (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    kernels = list(dict.fromkeys(r["kernel"] for r in rows))
+    budgets = sorted({r["budget"] for r in rows})
+    fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.5), squeeze=False)
+    for ax, shape in zip(axes[0], shapes):
+        mine = [r for r in rows if r["shape"] == shape]
+        one = {r["context"]: r for r in mine if r["kernel"] == kernels[0]
+               and r["budget"] == budgets[0]}
+        ctx = sorted(one)
+        for key, label, style in (("dense_sdpa_ms", "dense SDPA", "s-"),
+                                  ("dense_matmul_ms", "dense matmul", "o-"),
+                                  ("dense_limit_ms", "dense limit", "k:")):
+            ax.plot(ctx, [one[c][key] for c in ctx], style, label=label)
+        for kern in kernels:
+            for b in budgets:
+                pts = sorted((r["context"], r["quest_ms"]) for r in mine
+                             if r["kernel"] == kern and r["budget"] == b)
+                ax.plot(*zip(*pts), "^-" if kern == kernels[-1] else "v--",
+                        label=f"Quest {kern} @{b}", alpha=0.85)
+        b_lim = 2048 if 2048 in budgets else budgets[-1]
+        lim = sorted((r["context"], r["quest_limit_ms"]) for r in mine
+                     if r["budget"] == b_lim and r["kernel"] == kernels[0])
+        ax.plot(*zip(*lim), "r:", label=f"Quest limit @{b_lim}")
+        ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="ms per decode step",
+               title=f"{shape}, {result['meta']['device']}")
+        ax.set_xticks(ctx, [_k(c) for c in ctx])
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][-1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_attention(result: dict, out: Path) -> None:
+    out = Path(out)
+    atomic_write_json(out / "results.json", result)
+    atomic_write_text(out / "results.md", attention_markdown(result))
+    png = attention_plot(result)
+    tmp = out / ".results.png.tmp"
+    tmp.write_bytes(png)
+    tmp.replace(out / "results.png")
+
+
+# ------------------------------------------------------------------ decode
+def decode_markdown(result: dict) -> str:
+    meta, rows = result["meta"], result["rows"]
+    st = meta["settings"]
+    gb = 1e9
+    out = [f"# End-to-end decode, dense vs Quest ({meta['device']})", "",
+           f"Command: `{meta['command']}`", "", _environment(meta), "",
+           f"- {meta['fill']}",
+           f"- Part (b): `{st['gemma']}` after a real dense prefill of a passkey prompt; the "
+           "cache is copied per policy and each policy greedily decodes its own continuation.",
+           f"- Quest: budget {st['budget']}, page size {st['page_size']}, first "
+           f"{st['dense_layers']} layers dense, CPU kernel `{st['kernel']}`. Dense: the "
+           "`Dense` policy of the same harness (`ops.dense_decode`, matmul-softmax-matmul) "
+           "over the same preallocated cache.",
+           f"- Batch 1, fp32; {meta['timing']}. \"No context\": the same model over a one-page "
+           "cache (weights, matmuls, framework), so step - no context = attention's share.",
+           f"- Limits: (weights read per token + K/V bytes of the policy) / "
+           f"{meta['bandwidth_GBps']:.1f} GB/s (streaming read measured in the same run).", "",
+           _table(["model", "context", "dense ms (tok/s)", "Quest ms (tok/s)", "speedup",
+                   "target", "no context ms", "attention ms dense / Quest",
+                   "GB read dense / Quest", "speedup at the limits",
+                   "fraction of limit dense / Quest"],
+                  [[r["model"], _k(r["context"]),
+                    f"{r['dense_ms']:.1f} ({r['dense_tokens_per_s']:.2f})",
+                    f"{r['quest_ms']:.1f} ({r['quest_tokens_per_s']:.2f})",
+                    f"{r['speedup']:.2f}x",
+                    _target_cell(r["speedup"], DECODE_TARGETS.get(r["context"])
+                                 if r["model"] == "tinyllama" else None),
+                    f"{r['no_context_ms']:.1f}",
+                    f"{r['dense_attention_ms']:.1f} / {r['quest_attention_ms']:.1f}",
+                    f"{(r['weight_bytes'] + r['dense_kv_bytes']) / gb:.2f} / "
+                    f"{(r['weight_bytes'] + r['quest_kv_bytes']) / gb:.2f}",
+                    f"{r['limit_speedup']:.2f}x",
+                    f"{r['dense_fraction_of_limit']:.0%} / {r['quest_fraction_of_limit']:.0%}"]
+                   for r in rows]), ""]
+    for r in rows:
+        if "prefill_s" in r:
+            out.append(f"- {r['model']} prefill of {r['context']} tokens: {r['prefill_s']:.1f} s.")
+    return "\n".join(out) + "\n"
+
+
+def write_decode(result: dict, out: Path) -> None:
+    out = Path(out)
+    atomic_write_json(out / "results.json", result)
+    atomic_write_text(out / "results.md", decode_markdown(result))
