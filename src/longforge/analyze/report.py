@@ -36,6 +36,7 @@ def plot_similarity(sim: dict, out: Path) -> str:
            color="tab:blue", capsize=4)
     ax.set_ylabel("mean pairwise cosine\nwithin a context")
     ax.set_title("Intra-context document similarity")
+    ax.tick_params(axis="x", labelrotation=20)
     return _save(fig, out / "similarity.png")
 
 
