@@ -107,21 +107,23 @@ def test_c_kernel_equals_reference(b, hq, hkv, n, budget, softcap, masked):
 
 
 @needs_cc
-def test_c_kernel_pieces_equal_torch_ops():
+@pytest.mark.parametrize("g,d", [(4, 8), (1, 16), (6, 20)])  # one head; > 4 heads; a tail
+def test_c_kernel_pieces_equal_torch_ops(g, d):
     from longforge.sparse import cpu_kernel as ck
 
-    st = _store(2, 2, 8, 77, seed=6)
-    q = torch.randn(2, 8, 8)
-    qg = q.view(2, 2, 4, 8)
+    st = _store(2, 2, d, 77, seed=6)
+    q = torch.randn(2, 2 * g, d)
+    qg = q.view(2, 2, g, d)
     q2 = torch.cat([qg.clamp(min=0), qg.clamp(max=0)], dim=-1).contiguous()
     want = ops.criticality(q, st.meta, st.n_pages).amax(dim=2)
     assert torch.allclose(ck.group_criticality(q2, st.meta, st.n_pages), want, atol=1e-5)
     pages = torch.tensor([[[3, 1, 19], [0, 2, 5]], [[7, 8, 9], [19, 4, 6]]])
     k, v = ops.gather_pages(st.k, pages, 4), ops.gather_pages(st.v, pages, 4)
-    s = ck.paged_qk(qg.contiguous(), st.k, pages, 4)
-    assert torch.allclose(s, k @ qg.transpose(-1, -2), atol=1e-5)
-    p = torch.rand(2, 2, 12, 4)
-    assert torch.allclose(ck.paged_pv(p, st.v, pages, 4), p.transpose(-1, -2) @ v, atol=1e-5)
+    valid = torch.rand(2, 2, 12) > 0.2
+    valid[..., 0] = True
+    for mask, softcap in ((None, None), (valid, 5.0)):
+        got = ck.sparse_attention(qg.contiguous(), st.k, st.v, pages, 4, mask, 0.3, softcap)
+        assert torch.allclose(got, ops.attend(qg, k, v, mask, 0.3, softcap), atol=1e-5)
 
 
 def test_unknown_kernel_is_refused():

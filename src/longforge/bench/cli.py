@@ -70,8 +70,46 @@ def attention(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     write_attention(result, out)
-    typer.echo(attention_markdown(result).split("## All points")[0].rstrip())
+    typer.echo(attention_markdown(result))
     typer.echo(f"\nresults: {out}/results.json, results.md, results.png")
+
+
+@app.command()
+def profile(
+    shape: str = typer.Option("32/8x128", help="Head shape: HQxD (MHA) or HQ/HKVxD."),
+    contexts: str = typer.Option("32768,131072", help="Context lengths (tokens)."),
+    budget: int = typer.Option(2048, help="Quest token budget."),
+    kernels: str = typer.Option("torch,c", help="Quest CPU kernels: torch, c."),
+    repeats: int = typer.Option(40, help="Timed steps per kernel (median per stage)."),
+    warmup: int = typer.Option(3, help="Untimed steps first."),
+    page_size: int = typer.Option(16, help="Quest page size (tokens)."),
+    flush_mb: int = typer.Option(128, help="MiB read before every step (0: warm caches)."),
+    stream_mb: int = typer.Option(512, help="MiB summed to measure the read bandwidth."),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("benchmarks/results/attention_cpu"),
+                             help="Output folder (profile.json, profile.md)."),
+):
+    """Where the microseconds of one Quest CPU decode step go, stage by stage, per kernel."""
+    from longforge.bench import profile as bench
+    from longforge.bench.report import profile_markdown, write_profile
+    from longforge.sparse.cpu_kernel import KernelBuildError
+
+    s = bench.Settings(shape=shape, contexts=_ints(contexts), budget=budget,
+                       kernels=_strs(kernels), repeats=repeats, warmup=warmup,
+                       page_size=page_size, flush_mb=flush_mb, stream_mb=stream_mb, seed=seed,
+                       out=str(out))
+    try:
+        bench.parse_shape(shape)
+        if not set(s.kernels) <= set(bench.STAGES):
+            raise ValueError(f"--kernels: choose from {sorted(bench.STAGES)}")
+        result = bench.run(s)
+    except KernelBuildError as exc:
+        raise typer.BadParameter(f"{exc}\n(or leave 'c' out of --kernels)") from exc
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    write_profile(result, out)
+    typer.echo(profile_markdown(result))
+    typer.echo(f"\nresults: {out}/profile.json, profile.md")
 
 
 @app.command()

@@ -176,3 +176,32 @@ def write_decode(result: dict, out: Path) -> None:
     out = Path(out)
     atomic_write_json(out / "results.json", result)
     atomic_write_text(out / "results.md", decode_markdown(result))
+
+
+# ------------------------------------------------------------------ profile
+def profile_markdown(result: dict) -> str:
+    meta = result["meta"]
+    bw = meta["bandwidth_GBps"]
+    out = ["# Where the time of one Quest CPU decode step goes", "",
+           f"Command: `{meta['command']}`", "", _environment(meta), "",
+           f"- {meta['fill']}",
+           f"- {meta['timing']}. Streaming read: {bw:.1f} GB/s (same run).",
+           "- Bytes: what the stage must read from memory (metadata; selected K and V); stages "
+           "on data just produced (scores, gathered buffers in cache) count 0.", ""]
+    for r in result["rows"]:
+        out += [f"## {r['shape']}, context {_k(r['context'])}, budget {r['budget']}, "
+                f"kernel `{r['kernel']}`: {r['total_ms'] * 1e3:.0f} us "
+                f"(limit {r['limit_ms'] * 1e3:.0f} us, {r['fraction_of_limit']:.0%})", "",
+                _table(["stage", "us", "share", "MB read", "GB/s", "of bandwidth"],
+                       [[x["stage"], f"{x['us']:.0f}",
+                         f"{x['us'] / (r['total_ms'] * 1e3):.0%}", f"{x['bytes'] / 1e6:.1f}",
+                         f"{x['GBps']:.1f}" if x["bytes"] else "-",
+                         f"{x['GBps'] / bw:.0%}" if x["bytes"] else "-"]
+                        for x in r["stages"]]), ""]
+    return "\n".join(out)
+
+
+def write_profile(result: dict, out: Path) -> None:
+    out = Path(out)
+    atomic_write_json(out / "profile.json", result)
+    atomic_write_text(out / "profile.md", profile_markdown(result))

@@ -16,9 +16,10 @@ Same contract as the reference in :mod:`longforge.sparse.ops`; every pass over m
 Dense decode over the same preallocated cache uses the same matmul-softmax-matmul (no copies).
 
 Kernel ``"c"`` (opt-in: ``LONGFORGE_CPU_KERNEL=c`` or :func:`set_kernel`) replaces the
-criticality matmul, the gather and the two attention matmuls of the Quest step by the loops of
-:mod:`longforge.sparse.cpu_kernel`, which read the metadata and the selected pages in place;
-masks, softcap, top-K and the softmax are the same PyTorch code. Dense decode is unchanged.
+criticality matmul, the gather and the attention of the Quest step by the two loops of
+:mod:`longforge.sparse.cpu_kernel`, which read the metadata and the selected pages in place
+(fp32 only; other dtypes keep this path). Top-K, the page choice and the key masks are the same
+code. Dense decode is unchanged.
 """
 from __future__ import annotations
 
@@ -157,7 +158,7 @@ def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: floa
 
 def _quest_decode_c(q: torch.Tensor, store: PagedKV, budget_pages: int, scale: float,
                     key_mask: torch.Tensor | None, softcap: float | None) -> torch.Tensor:
-    """The Quest step with the in-place C loops (same selection, masks and softmax as above)."""
+    """The Quest step with the in-place C loops (same page choice and key masks as above)."""
     from longforge.sparse import cpu_kernel as ck
 
     b, hq, d = q.shape
@@ -165,15 +166,9 @@ def _quest_decode_c(q: torch.Tensor, store: PagedKV, budget_pages: int, scale: f
     qg = q.reshape(b, hkv, hq // hkv, d).contiguous()
     q2 = torch.cat([qg.clamp(min=0), qg.clamp(max=0)], dim=-1)
     pages = top_pages(ck.group_criticality(q2, store.meta, store.n_pages), budget_pages)
-    s = ck.paged_qk(qg, store.k, pages, store.page_size)  # [B, H_kv, K*P, G]
-    s.mul_(scale)
-    if softcap:
-        s = torch.tanh(s / softcap) * softcap
-    valid = valid_keys(pages, store, key_mask)
-    if valid is not None:
-        s.masked_fill_(~valid[..., None], float("-inf"))
-    p = torch.softmax(s, dim=-2)
-    return ck.paged_pv(p, store.v, pages, store.page_size).reshape(b, hq, d)
+    out = ck.sparse_attention(qg, store.k, store.v, pages, store.page_size,
+                              valid_keys(pages, store, key_mask), scale, softcap)
+    return out.reshape(b, hq, d)
 
 
 def dense_decode(q: torch.Tensor, store: PagedKV, scale: float,

@@ -1,0 +1,141 @@
+"""``longforge bench profile``: where the microseconds of one Quest CPU decode step go.
+
+Each kernel's step is run stage by stage with a clock reading between stages (every stage is a
+synchronous CPU call, so the stages add up to the whole step), cold last-level cache at the start
+of each step, the kernels interleaved, median per stage. Each stage's bytes (what it must read
+from memory) over the streaming bandwidth measured in the same run give its limit.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from longforge.bench import common
+from longforge.bench.attention import FILL_NOTE, filled_store, parse_shape
+from longforge.progress import progress
+from longforge.sparse import cpu
+
+
+@dataclass
+class Settings:
+    shape: str = "32/8x128"
+    contexts: list[int] = field(default_factory=lambda: [32768, 131072])
+    budget: int = 2048
+    kernels: list[str] = field(default_factory=lambda: ["torch", "c"])
+    repeats: int = 40
+    warmup: int = 3
+    page_size: int = 16
+    flush_mb: int = 128
+    stream_mb: int = 512
+    seed: int = 0
+    out: str = ""
+
+    def command(self) -> str:
+        return ("longforge bench profile"
+                f" --shape {self.shape} --contexts {','.join(map(str, self.contexts))}"
+                f" --budget {self.budget} --kernels {','.join(self.kernels)}"
+                f" --repeats {self.repeats} --warmup {self.warmup} --page-size {self.page_size}"
+                f" --flush-mb {self.flush_mb} --stream-mb {self.stream_mb} --seed {self.seed}"
+                f" --out {self.out}")
+
+
+def _stamps(fns) -> list[float]:
+    """Run ``fns`` in order, each on the previous result; seconds spent in each."""
+    out, x = [], None
+    for fn in fns:
+        t0 = time.perf_counter()
+        x = fn(x)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def torch_stages(q, store, budget_pages, scale):
+    """The PyTorch step of ``cpu.quest_decode`` (no mask, full last page), stage by stage."""
+    b, hq, d = q.shape
+    hkv, P = store.k.shape[1], store.page_size
+    return [
+        ("criticality", lambda _: cpu.page_scores(q, store)),
+        ("top-K", lambda s: cpu.top_pages(s, budget_pages)),
+        ("gather K+V", lambda p: (cpu.gather(store.k, p, P, "k"), cpu.gather(store.v, p, P, "v"))),
+        ("attention", lambda kv: cpu.attend(q.view(b, hkv, hq // hkv, d), *kv, None, scale, None)),
+    ]
+
+
+def c_stages(q, store, budget_pages, scale):
+    """The C-kernel step of ``cpu._quest_decode_c`` (no mask, no softcap), stage by stage."""
+    from longforge.sparse import cpu_kernel as ck
+
+    b, hq, d = q.shape
+    hkv, P = store.k.shape[1], store.page_size
+    qg = q.reshape(b, hkv, hq // hkv, d).contiguous()
+
+    def crit(_):
+        q2 = torch.cat([qg.clamp(min=0), qg.clamp(max=0)], dim=-1)
+        return ck.group_criticality(q2, store.meta, store.n_pages)
+
+    return [
+        ("criticality", crit),
+        ("top-K", lambda s: cpu.top_pages(s, budget_pages)),
+        ("attention on the pages in place",
+         lambda p: ck.sparse_attention(qg, store.k, store.v, p, P, None, scale, None)),
+    ]
+
+
+STAGES = {"torch": torch_stages, "c": c_stages}
+
+
+def stage_bytes(stage: str, store, budget: int) -> int:
+    """Bytes a stage must read from memory (0 for work on data just produced in cache)."""
+    hkv, d = store.k.shape[1], store.head_dim
+    sel = budget * hkv * d * 4
+    return {"criticality": store.n_pages * hkv * 2 * d * 4, "gather K+V": 2 * sel,
+            "attention on the pages in place": 2 * sel}.get(stage, 0)
+
+
+def run(s: Settings) -> dict:
+    device = torch.device("cpu")
+    torch.manual_seed(s.seed)
+    shape = parse_shape(s.shape)
+    env = common.environment(device)
+    if "c" in s.kernels:
+        cpu.set_kernel("c")  # builds it (clear error if impossible); the stages call it directly
+        cpu.set_kernel("torch")
+    bandwidth = common.stream_bandwidth(device, s.stream_mb * 2**20)
+    flush = common.Flusher(s.flush_mb * 2**20, device)
+    budget_pages = max(1, s.budget // s.page_size)
+    rows = []
+    for L in progress(s.contexts, desc="profile", unit="context"):
+        store = filled_store(shape, L, s.page_size, device, torch.float32)
+        if store.n_pages <= budget_pages:
+            raise ValueError(f"context {L} fits the budget {s.budget}: Quest would be dense")
+        qs = [torch.randn(1, shape.heads_q, shape.head_dim) for _ in range(8)]
+        scale = shape.head_dim ** -0.5
+        times = {k: [] for k in s.kernels}
+        for r in range(s.warmup + s.repeats):
+            for k in s.kernels[r % len(s.kernels):] + s.kernels[: r % len(s.kernels)]:
+                flush()
+                t = _stamps([f for _, f in STAGES[k](qs[r % 8], store, budget_pages, scale)])
+                if r >= s.warmup:
+                    times[k].append(t)
+        for k in s.kernels:
+            names = [n for n, _ in STAGES[k](qs[0], store, budget_pages, scale)]
+            med = torch.tensor(times[k]).median(dim=0).values.tolist()
+            total = common.median_ms([sum(t) for t in times[k]])
+            quest_bytes = stage_bytes("criticality", store, s.budget) \
+                + stage_bytes("gather K+V", store, s.budget)
+            rows.append({
+                **env, "shape": shape.label, "context": L, "budget": s.budget, "kernel": k,
+                "total_ms": total, "limit_ms": 1e3 * quest_bytes / bandwidth,
+                "fraction_of_limit": 1e3 * quest_bytes / bandwidth / total,
+                "stages": [{"stage": n, "us": 1e6 * m, "bytes": stage_bytes(n, store, s.budget),
+                            "GBps": stage_bytes(n, store, s.budget) / m / 1e9}
+                           for n, m in zip(names, med)]})
+        del store
+    meta = {**env, "command": s.command(), "settings": asdict(s), "fill": FILL_NOTE,
+            "bandwidth_GBps": bandwidth / 1e9,
+            "timing": (f"median over {s.repeats} steps per kernel (after {s.warmup}) of each "
+                       f"stage; a {s.flush_mb} MiB read before every step (cold cache); "
+                       "kernels interleaved")}
+    return {"meta": meta, "rows": rows}
