@@ -197,6 +197,7 @@ def run(s: Settings) -> dict:
     kernels = quest_kernels(device, s.kernels)
     torch.manual_seed(s.seed)
     env = common.environment(device)
+    load_start = common.load_average()
     bw_start = common.stream_bandwidth(device, s.stream_mb * 2**20)
     flush = common.Flusher(s.flush_mb * 2**20, device)
     shapes = [parse_shape(x) for x in s.shapes]
@@ -214,6 +215,7 @@ def run(s: Settings) -> dict:
     rows = [r for (sh, L), t in times.items()
             for r in rows_for(sh, L, t, s, kernels, bandwidth, env, dtype)]
     meta = {**env, "command": s.command(), "settings": asdict(s),
+            "load_average_start": load_start, "load_average_end": common.load_average(),
             "dtype": str(dtype).removeprefix("torch."),
             "bandwidth_GBps_start": bw_start / 1e9, "bandwidth_GBps_end": bw_end / 1e9,
             "bandwidth_GBps": bandwidth / 1e9, "stream_mb": s.stream_mb, "fill": FILL_NOTE,

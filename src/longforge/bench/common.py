@@ -33,6 +33,14 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+def load_average() -> list[float]:
+    """1/5/15-minute load averages (other jobs on the machine show up here)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -261,12 +261,15 @@ def run(s: Settings) -> dict:
     torch.manual_seed(s.seed)
     device = torch.device("cpu")
     env = common.environment(device)
+    load_start = common.load_average()
     bandwidth = common.stream_bandwidth(device, nbytes=s.stream_mb * 2**20)
     with cpu.kernel(s.kernel):
         rows = llama_part(s, bandwidth) if s.contexts else []
         if s.gemma != "none" and s.gemma_contexts:
             rows += gemma_part(s, bandwidth)
-    meta = {**env, "command": s.command(), "settings": asdict(s), "fill": FILL_NOTE,
+    meta = {**env, "command": s.command(), "settings": asdict(s),
+            "load_average_start": load_start, "load_average_end": common.load_average(),
+            "fill": FILL_NOTE,
             "bandwidth_GBps": bandwidth / 1e9, "batch": 1,
             "timing": (f"median of {s.steps} decode steps per policy after {s.warmup} warm-up "
                        "steps; policies alternate step by step in a rotating order")}

@@ -99,6 +99,7 @@ def run(s: Settings) -> dict:
     torch.manual_seed(s.seed)
     shape = parse_shape(s.shape)
     env = common.environment(device)
+    load_start = common.load_average()
     if "c" in s.kernels:
         cpu.set_kernel("c")  # builds it (clear error if impossible); the stages call it directly
         cpu.set_kernel("torch")
@@ -133,7 +134,9 @@ def run(s: Settings) -> dict:
                             "GBps": stage_bytes(n, store, s.budget) / m / 1e9}
                            for n, m in zip(names, med)]})
         del store
-    meta = {**env, "command": s.command(), "settings": asdict(s), "fill": FILL_NOTE,
+    meta = {**env, "command": s.command(), "settings": asdict(s),
+            "load_average_start": load_start, "load_average_end": common.load_average(),
+            "fill": FILL_NOTE,
             "bandwidth_GBps": bandwidth / 1e9,
             "timing": (f"median over {s.repeats} steps per kernel (after {s.warmup}) of each "
                        f"stage; a {s.flush_mb} MiB read before every step (cold cache); "

@@ -29,9 +29,13 @@ def _target_cell(value: float, target: float | None) -> str:
 
 
 def _environment(meta: dict) -> str:
+    load = ""
+    if meta.get("load_average_start"):
+        load = (f" Load average (1/5/15 min) {meta['load_average_start']} at the start, "
+                f"{meta['load_average_end']} at the end.")
     return (f"Machine: {meta['cpu']}, {meta['cores']} cores, torch {meta['torch']} "
             f"({meta['threads']} threads), device `{meta['device']}`"
-            + (f" ({meta['gpu']})" if meta.get("gpu") else "") + ".")
+            + (f" ({meta['gpu']})" if meta.get("gpu") else "") + "." + load)
 
 
 # ------------------------------------------------------------------ attention

@@ -18,8 +18,8 @@ products, a vector ``exp`` (Cephes polynomial, ~1 ulp; exactly 0 below -87).
 Opt-in only (``LONGFORGE_CPU_KERNEL=c`` or ``cpu.set_kernel("c")``). It is plain C built once by
 ``$CC`` (default ``gcc``) into ``cache_dir()/kernels`` and loaded with ctypes: no torch headers,
 so the build takes about a second (a ``torch.utils.cpp_extension`` build compiles the torch
-headers), and torch's own libgomp, already loaded, runs its OpenMP loops on torch's threads. A build failure raises :class:`KernelBuildError`; nothing
-falls back silently.
+headers), and torch's own libgomp, already loaded, runs its OpenMP loops on torch's threads.
+A build failure raises :class:`KernelBuildError`; nothing falls back silently.
 """
 from __future__ import annotations
 
@@ -98,12 +98,18 @@ void axpy_rows_g(const float *rows, const float *w, int P, int d, int G, float *
     int x = 0;
     for (; x + 16 <= d; x += 16) {
         v8 a0[4], a1[4];
-        for (int g = 0; g < G; g++) { a0[g] = ld(acc + g * d + x); a1[g] = ld(acc + g * d + x + 8); }
+        for (int g = 0; g < G; g++) {
+            a0[g] = ld(acc + g * d + x);
+            a1[g] = ld(acc + g * d + x + 8);
+        }
         for (int t = 0; t < P; t++) {
             v8 r0 = ld(rows + t * d + x), r1 = ld(rows + t * d + x + 8);
             for (int g = 0; g < G; g++) { a0[g] += w[g * P + t] * r0; a1[g] += w[g * P + t] * r1; }
         }
-        for (int g = 0; g < G; g++) { st8(acc + g * d + x, a0[g]); st8(acc + g * d + x + 8, a1[g]); }
+        for (int g = 0; g < G; g++) {
+            st8(acc + g * d + x, a0[g]);
+            st8(acc + g * d + x + 8, a1[g]);
+        }
     }
     for (; x < d; x++)
         for (int g = 0; g < G; g++)
