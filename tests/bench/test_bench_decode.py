@@ -40,6 +40,7 @@ def test_decode_bench_writes_json_and_markdown(tmp_path):
         assert r["dense_ms"] > 0 and r["quest_ms"] > 0 and r["speedup"] > 0
         assert r["quest_kv_bytes"] < r["dense_kv_bytes"]
         assert len(r["steps_ms"]["quest"]) == 2
+        assert r["quest_torch_ms"] > 0  # the default PyTorch path, timed in the same run
     assert data["meta"]["settings"]["kernel"] == "c"
     md = (tmp_path / "results.md").read_text()
     assert "Command: `longforge bench decode --contexts 512 --llama tiny" in md

@@ -60,8 +60,14 @@ class Settings:
                 f" --out {self.out}")
 
     def policies(self) -> dict:
-        return {"dense": Dense(page_size=self.page_size),
-                "quest": Quest(self.budget, self.page_size, self.dense_layers)}
+        """``name: (policy, CPU kernel)``; with the C kernel, Quest on the default PyTorch path
+        is timed too (``quest_torch``)."""
+        quest = Quest(self.budget, self.page_size, self.dense_layers)
+        out = {"dense": (Dense(page_size=self.page_size), self.kernel),
+               "quest": (quest, self.kernel)}
+        if self.kernel != "torch":
+            out["quest_torch"] = (quest, "torch")
+        return out
 
 
 # ------------------------------------------------------------------ models
@@ -142,14 +148,16 @@ def step(model, cache, token: torch.Tensor) -> torch.Tensor:
 
 
 def time_steps(model, runs: dict, steps: int, warmup: int) -> dict[str, list[float]]:
-    """``runs[name] = (cache, policy, token)``: alternate one step of each, rotating the order."""
+    """``runs[name] = (cache, (policy, kernel), token)``: one step of each in turn, the order
+    rotating every round."""
     names = list(runs)
     toks = {n: runs[n][2] for n in names}
 
     def one(n):
-        cache, policy, _ = runs[n]
+        cache, (policy, kernel), _ = runs[n]
         cache.policy = policy
-        toks[n] = step(model, cache, toks[n])
+        with cpu.kernel(kernel):
+            toks[n] = step(model, cache, toks[n])
 
     for _ in range(warmup):
         for n in names:
@@ -164,7 +172,7 @@ def time_steps(model, runs: dict, steps: int, warmup: int) -> dict[str, list[flo
 def summarize(model_name: str, part: str, context: int, times: dict, weights: int,
               kv: dict, bandwidth: float, extra: dict) -> dict:
     ms = {n: common.median_ms(t) for n, t in times.items()}
-    lim = {n: 1e3 * (weights + kv[n]) / bandwidth for n in kv}
+    lim = {n: 1e3 * (weights + kv[n]) / bandwidth for n in ("dense", "quest")}
     return {
         "model": model_name, "part": part, "context": context,
         "dense_ms": ms["dense"], "quest_ms": ms["quest"], "no_context_ms": ms["no_context"],
@@ -177,6 +185,8 @@ def summarize(model_name: str, part: str, context: int, times: dict, weights: in
         "limit_speedup": lim["dense"] / lim["quest"],
         "dense_fraction_of_limit": lim["dense"] / ms["dense"],
         "quest_fraction_of_limit": lim["quest"] / ms["quest"],
+        "quest_torch_ms": ms.get("quest_torch"),
+        "speedup_torch": ms["dense"] / ms["quest_torch"] if "quest_torch" in ms else None,
         "steps_ms": {n: [1e3 * x for x in t] for n, t in times.items()}, **extra,
     }
 
@@ -189,13 +199,13 @@ def llama_part(s: Settings, bandwidth: float) -> list[dict]:
     pol = s.policies()
     token = torch.tensor([[1]])
     rows = []
-    with sparse_attention(model, pol["dense"]):
+    with sparse_attention(model, Dense()):
         floor = synthetic_cache(model, s.page_size, extra, s.page_size)
         for L in progress(s.contexts, desc=f"decode {s.llama}", unit="context"):
             cache = synthetic_cache(model, L, extra, s.page_size)
-            kv = {n: kv_bytes(cache, p, s.page_size) for n, p in pol.items()}
-            runs = {"dense": (cache, pol["dense"], token), "quest": (cache, pol["quest"], token),
-                    "no_context": (floor, pol["dense"], token)}
+            kv = {n: kv_bytes(cache, pol[n][0], s.page_size) for n in ("dense", "quest")}
+            runs = {n: (cache, p, token) for n, p in pol.items()}
+            runs["no_context"] = (floor, pol["dense"], token)
             times = time_steps(model, runs, s.steps, s.warmup)
             rows.append(summarize(s.llama, "synthetic cache", L, times, weights, kv, bandwidth,
                                   {"fill": "synthetic"}))
@@ -230,7 +240,7 @@ def gemma_part(s: Settings, bandwidth: float) -> list[dict]:
     pol = s.policies()
     extra = s.steps + s.warmup + s.page_size
     rows = []
-    with sparse_attention(model, pol["dense"]):
+    with sparse_attention(model, Dense()):
         floor, ftok = prefill(model, prompt_ids(lm.tokenizer, s.page_size, vocab, s.seed), extra,
                               s.page_size)
         for L in progress(s.gemma_contexts, desc=f"decode {s.gemma}", unit="context"):
@@ -238,7 +248,7 @@ def gemma_part(s: Settings, bandwidth: float) -> list[dict]:
             t0 = time.perf_counter()
             base, tok = prefill(model, ids, extra, s.page_size)
             prefill_s = time.perf_counter() - t0
-            kv = {n: kv_bytes(base, p, s.page_size) for n, p in pol.items()}
+            kv = {n: kv_bytes(base, pol[n][0], s.page_size) for n in ("dense", "quest")}
             runs = {n: (copy.deepcopy(base), p, tok) for n, p in pol.items()}
             runs["no_context"] = (copy.deepcopy(floor), pol["dense"], ftok)
             times = time_steps(model, runs, s.steps, s.warmup)

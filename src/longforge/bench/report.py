@@ -146,15 +146,17 @@ def decode_markdown(result: dict) -> str:
            f"- Part (b): `{st['gemma']}` after a real dense prefill of a passkey prompt; the "
            "cache is copied per policy and each policy greedily decodes its own continuation.",
            f"- Quest: budget {st['budget']}, page size {st['page_size']}, first "
-           f"{st['dense_layers']} layers dense, CPU kernel `{st['kernel']}`. Dense: the "
+           f"{st['dense_layers']} layers dense, CPU kernel `{st['kernel']}` (and, as "
+           "`Quest torch`, the default PyTorch path, when that is not the kernel). Dense: the "
            "`Dense` policy of the same harness (`ops.dense_decode`, matmul-softmax-matmul) "
            "over the same preallocated cache.",
-           f"- Batch 1, fp32; {meta['timing']}. \"No context\": the same model over a one-page "
-           "cache (weights, matmuls, framework), so step - no context = attention's share.",
+           f"- Batch 1, fp32; {meta['timing']}. \"No context\": the same model over a near-empty "
+           "cache (one page; in part (b) the shortest passkey prompt): weights, matmuls, "
+           "framework; step - no context = the attention's share.",
            f"- Limits: (weights read per token + K/V bytes of the policy) / "
            f"{meta['bandwidth_GBps']:.1f} GB/s (streaming read measured in the same run).", "",
            _table(["model", "context", "dense ms (tok/s)", "Quest ms (tok/s)", "speedup",
-                   "target", "no context ms", "attention ms dense / Quest",
+                   "target", "Quest torch ms (speedup)", "no context ms", "attention ms dense / Quest",
                    "GB read dense / Quest", "speedup at the limits",
                    "fraction of limit dense / Quest"],
                   [[r["model"], _k(r["context"]),
@@ -163,6 +165,8 @@ def decode_markdown(result: dict) -> str:
                     f"{r['speedup']:.2f}x",
                     _target_cell(r["speedup"], DECODE_TARGETS.get(r["context"])
                                  if r["model"] == "tinyllama" else None),
+                    "-" if r.get("quest_torch_ms") is None else
+                    f"{r['quest_torch_ms']:.1f} ({r['speedup_torch']:.2f}x)",
                     f"{r['no_context_ms']:.1f}",
                     f"{r['dense_attention_ms']:.1f} / {r['quest_attention_ms']:.1f}",
                     f"{(r['weight_bytes'] + r['dense_kv_bytes']) / gb:.2f} / "
