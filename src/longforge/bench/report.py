@@ -156,8 +156,8 @@ def decode_markdown(result: dict) -> str:
            f"- Limits: (weights read per token + K/V bytes of the policy) / "
            f"{meta['bandwidth_GBps']:.1f} GB/s (streaming read measured in the same run).", "",
            _table(["model", "context", "dense ms (tok/s)", "Quest ms (tok/s)", "speedup",
-                   "target", "Quest torch ms (speedup)", "no context ms", "attention ms dense / Quest",
-                   "GB read dense / Quest", "speedup at the limits",
+                   "target", "Quest torch ms (speedup)", "no context ms",
+                   "attention ms dense / Quest", "GB read dense / Quest", "speedup at the limits",
                    "fraction of limit dense / Quest"],
                   [[r["model"], _k(r["context"]),
                     f"{r['dense_ms']:.1f} ({r['dense_tokens_per_s']:.2f})",
