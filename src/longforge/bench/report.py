@@ -83,7 +83,8 @@ def attention_markdown(result: dict) -> str:
 
 
 def attention_plot(result: dict) -> bytes:
-    """PNG: time per decode step vs context, one panel per shape (log-log)."""
+    """PNG: time per decode step vs context, one panel per shape (log-log). Colour: budget;
+    line: Quest kernel (solid: the last one listed); dense paths in black and grey."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,7 +94,8 @@ def attention_plot(result: dict) -> bytes:
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     kernels = list(dict.fromkeys(r["kernel"] for r in rows))
     budgets = sorted({r["budget"] for r in rows})
-    fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.5), squeeze=False)
+    colours = plt.cm.viridis([i / max(1, len(budgets) - 1) * 0.9 for i in range(len(budgets))])
+    fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 5), squeeze=False)
     for ax, shape in zip(axes[0], shapes):
         mine = [r for r in rows if r["shape"] == shape]
         one = {r["context"]: r for r in mine if r["kernel"] == kernels[0]
@@ -101,14 +103,15 @@ def attention_plot(result: dict) -> bytes:
         ctx = sorted(one)
         for key, label, style in (("dense_sdpa_ms", "dense SDPA", "s-"),
                                   ("dense_matmul_ms", "dense matmul", "o-"),
-                                  ("dense_limit_ms", "dense limit", "k:")):
-            ax.plot(ctx, [one[c][key] for c in ctx], style, label=label)
+                                  ("dense_limit_ms", "dense limit", ":")):
+            ax.plot(ctx, [one[c][key] for c in ctx], style, label=label,
+                    color="grey" if key == "dense_matmul_ms" else "black")
         for kern in kernels:
-            for b in budgets:
+            for b, colour in zip(budgets, colours):
                 pts = sorted((r["context"], r["quest_ms"]) for r in mine
                              if r["kernel"] == kern and r["budget"] == b)
-                ax.plot(*zip(*pts), "^-" if kern == kernels[-1] else "v--",
-                        label=f"Quest {kern} @{b}", alpha=0.85)
+                ax.plot(*zip(*pts), "^-" if kern == kernels[-1] else "v--", color=colour,
+                        alpha=1.0 if kern == kernels[-1] else 0.5, label=f"Quest {kern} @{b}")
         b_lim = 2048 if 2048 in budgets else budgets[-1]
         lim = sorted((r["context"], r["quest_limit_ms"]) for r in mine
                      if r["budget"] == b_lim and r["kernel"] == kernels[0])
@@ -117,8 +120,9 @@ def attention_plot(result: dict) -> bytes:
                title=f"{shape}, {result['meta']['device']}")
         ax.set_xticks(ctx, [_k(c) for c in ctx])
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7)
+    fig.tight_layout(rect=(0, 0.04 * (1 + len(labels) // 6), 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
