@@ -5,7 +5,7 @@ matmuls, so the selected K/V cross memory three times (read, write, read back); 
 matmul and its max over the group are two passes. Two loops here read every byte once:
 
 * :func:`group_criticality` -- ``scores[bh, p] = max_g q2[bh, g] . meta[bh, p]``: one pass over
-  the metadata, the group max fused in;
+  the metadata (prefetched 8 rows ahead), the group max fused in;
 * :func:`sparse_attention` -- for each selected page, in place: the scores of its ``P`` keys
   for the group's ``G`` heads, scale / softcap / key mask, an online-softmax update, and the
   weighted sum of its ``P`` values (flash-decoding), the next page prefetched meanwhile.
@@ -162,8 +162,10 @@ void group_criticality(const float *meta, const float *q2, float *scores, int64_
                        int64_t n, int64_t cap_pages, int g_n, int d2, int threads) {
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < rows * n; i++) {
-        int64_t bh = i / n, p = i % n;
+        int64_t bh = i / n, p = i % n, ahead = i + 8;
         float s[g_n];
+        if (ahead < rows * n)  /* the row 8 ahead into L2: the stream never waits for it */
+            prefetch(meta + (ahead / n * cap_pages + ahead % n) * d2, d2);
         dots(meta + (bh * cap_pages + p) * d2, q2 + bh * g_n * d2, d2, g_n, s, 1);
         float best = -INFINITY;
         for (int g = 0; g < g_n; g++) best = fmaxf(best, s[g]);
