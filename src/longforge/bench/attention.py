@@ -109,6 +109,8 @@ def quest_bytes(shape: Shape, length: int, budget: int, page_size: int, esize: i
 def quest_kernels(device: torch.device, kernels: list[str]) -> list[str]:
     """The Quest implementations to time: Triton on CUDA, the chosen CPU kernels otherwise."""
     if device.type == "cuda":
+        if ops._triton() is None:  # ops.quest_decode would time the PyTorch reference instead
+            raise ValueError("the Triton kernels do not import on this machine; nothing to time")
         return ["triton"]
     for k in kernels:
         if k not in cpu.KERNELS:
