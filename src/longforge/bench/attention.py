@@ -10,8 +10,9 @@ timed, interleaved in a rotating order, each call starting with a cold last-leve
   CUDA: the Triton kernels).
 
 The limit of a method is the bytes it must read (dense: all K and V; Quest: the page metadata
-plus ``budget`` tokens of K and V per KV head) over the streaming-read bandwidth measured in the
-same run; the fraction of the limit is that time over the measured one.
+plus ``budget`` tokens of K and V per KV head) over the streaming-read bandwidth, measured as one
+more method in the same rotation (``x.sum()`` over ``stream_mb`` MiB); the fraction of the limit
+is that time over the measured one.
 """
 from __future__ import annotations
 
@@ -158,8 +159,9 @@ def time_interleaved(fns: dict, queries: list, warmup: int, repeats: int, flush,
 
 
 def rows_for(shape: Shape, length: int, times: dict, s: Settings, kernels: list[str],
-             bandwidth: float, env: dict, dtype: torch.dtype) -> list[dict]:
+             stream: common.Stream, env: dict, dtype: torch.dtype) -> list[dict]:
     esize = torch.finfo(dtype).bits // 8
+    bandwidth = stream.bandwidth(times.pop("stream"))
     ms = {n: common.median_ms(t) for n, t in times.items()}
     fast_name = min(("dense_sdpa", "dense_matmul"), key=ms.get)
     dense_limit = 1e3 * dense_bytes(shape, length, esize) / bandwidth
@@ -174,6 +176,7 @@ def rows_for(shape: Shape, length: int, times: dict, s: Settings, kernels: list[
                 "heads_q": shape.heads_q, "heads_kv": shape.heads_kv,
                 "head_dim": shape.head_dim, "context": length,
                 "page_size": s.page_size, "budget": b, "kernel": kern,
+                "bandwidth_GBps": bandwidth / 1e9,
                 "quest_ms": quest_ms, "quest_q1_ms": _quantile_ms(t, 0.25),
                 "quest_q3_ms": _quantile_ms(t, 0.75),
                 "dense_sdpa_ms": ms["dense_sdpa"], "dense_matmul_ms": ms["dense_matmul"],
@@ -200,7 +203,7 @@ def run(s: Settings) -> dict:
     torch.manual_seed(s.seed)
     env = common.environment(device)
     load_start = common.load_average()
-    bw_start = common.stream_bandwidth(device, s.stream_mb * 2**20)
+    stream = common.Stream(s.stream_mb * 2**20, device)
     flush = common.Flusher(s.flush_mb * 2**20, device)
     shapes = [parse_shape(x) for x in s.shapes]
     grid = [(sh, L) for sh in shapes for L in s.contexts]
@@ -209,18 +212,17 @@ def run(s: Settings) -> dict:
         store = filled_store(sh, L, s.page_size, device, dtype)
         queries = [torch.randn(1, sh.heads_q, sh.head_dim, device=device, dtype=dtype)
                    for _ in range(8)]
-        times[sh, L] = time_interleaved(methods(store, sh, s.budgets, kernels), queries,
-                                        s.warmup, s.repeats, flush, device)
-        del store
-    bw_end = common.stream_bandwidth(device, s.stream_mb * 2**20)
-    bandwidth = max(bw_start, bw_end)
+        fns = {**methods(store, sh, s.budgets, kernels), "stream": stream}
+        times[sh, L] = time_interleaved(fns, queries, s.warmup, s.repeats, flush, device)
+        del store, fns
     rows = [r for (sh, L), t in times.items()
-            for r in rows_for(sh, L, t, s, kernels, bandwidth, env, dtype)]
+            for r in rows_for(sh, L, t, s, kernels, stream, env, dtype)]
+    bws = sorted({r["bandwidth_GBps"] for r in rows})
     meta = {**env, "command": s.command(), "settings": asdict(s),
             "load_average_start": load_start, "load_average_end": common.load_average(),
             "dtype": str(dtype).removeprefix("torch."),
-            "bandwidth_GBps_start": bw_start / 1e9, "bandwidth_GBps_end": bw_end / 1e9,
-            "bandwidth_GBps": bandwidth / 1e9, "stream_mb": s.stream_mb, "fill": FILL_NOTE,
+            "bandwidth_GBps_min": bws[0], "bandwidth_GBps_max": bws[-1],
+            "stream_mb": s.stream_mb, "fill": FILL_NOTE,
             "batch": 1,
             "timing": (f"median of {s.repeats} calls per method after {s.warmup} warm-up "
                        f"rounds; methods interleaved in a rotating order; a {s.flush_mb} MiB "

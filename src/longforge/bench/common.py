@@ -67,13 +67,21 @@ class Flusher:
             self.buf.sum()
 
 
+class Stream:
+    """``x.sum()`` over ``nbytes`` of fp32: a streaming read, timed among the methods it bounds
+    (interleaved with them, so the bandwidth is measured under the same conditions)."""
+
+    def __init__(self, nbytes: int, device: torch.device):
+        self.buf = torch.ones(max(nbytes // 4, 1), device=device)
+        self.nbytes = self.buf.numel() * 4
+
+    def __call__(self, *_) -> None:
+        self.buf.sum()
+
+    def bandwidth(self, seconds: list[float]) -> float:
+        """Bytes/s from the call times (median)."""
+        return self.nbytes / statistics.median(seconds)
+
+
 def median_ms(seconds: list[float]) -> float:
     return 1e3 * statistics.median(seconds)
-
-
-def stream_bandwidth(device: torch.device, nbytes: int = 512 * 2**20, repeats: int = 9) -> float:
-    """Streaming-read bandwidth in bytes/s: ``x.sum()`` over ``nbytes`` of fp32 (median)."""
-    x = torch.ones(nbytes // 4, device=device)
-    x.sum()
-    t = [timed(x.sum, device) for _ in range(repeats)]
-    return x.numel() * 4 / statistics.median(t)

@@ -147,13 +147,16 @@ def step(model, cache, token: torch.Tensor) -> torch.Tensor:
     return logits[:, -1:].argmax(-1)
 
 
-def time_steps(model, runs: dict, steps: int, warmup: int) -> dict[str, list[float]]:
+def time_steps(model, runs: dict, steps: int, warmup: int,
+               stream: common.Stream) -> dict[str, list[float]]:
     """``runs[name] = (cache, (policy, kernel), token)``: one step of each in turn, the order
-    rotating every round."""
-    names = list(runs)
-    toks = {n: runs[n][2] for n in names}
+    rotating every round; ``stream`` (the read bandwidth) is timed in the rotation too."""
+    names = [*runs, "stream"]
+    toks = {n: runs[n][2] for n in runs}
 
     def one(n):
+        if n == "stream":
+            return stream()
         cache, (policy, kernel), _ = runs[n]
         cache.policy = policy
         with cpu.kernel(kernel):
@@ -170,11 +173,12 @@ def time_steps(model, runs: dict, steps: int, warmup: int) -> dict[str, list[flo
 
 
 def summarize(model_name: str, part: str, context: int, times: dict, weights: int,
-              kv: dict, bandwidth: float, extra: dict) -> dict:
+              kv: dict, stream: common.Stream, extra: dict) -> dict:
+    bandwidth = stream.bandwidth(times.pop("stream"))
     ms = {n: common.median_ms(t) for n, t in times.items()}
     lim = {n: 1e3 * (weights + kv[n]) / bandwidth for n in ("dense", "quest")}
     return {
-        "model": model_name, "part": part, "context": context,
+        "model": model_name, "part": part, "context": context, "bandwidth_GBps": bandwidth / 1e9,
         "dense_ms": ms["dense"], "quest_ms": ms["quest"], "no_context_ms": ms["no_context"],
         "dense_tokens_per_s": 1e3 / ms["dense"], "quest_tokens_per_s": 1e3 / ms["quest"],
         "speedup": ms["dense"] / ms["quest"],
@@ -192,7 +196,7 @@ def summarize(model_name: str, part: str, context: int, times: dict, weights: in
 
 
 # ------------------------------------------------------------------ the two parts
-def llama_part(s: Settings, bandwidth: float) -> list[dict]:
+def llama_part(s: Settings, stream: common.Stream) -> list[dict]:
     extra = 2 * (s.steps + s.warmup) + s.page_size
     model = random_llama(s.llama, max(s.contexts) + extra + 64, s.seed)
     weights = weight_bytes(model)
@@ -206,8 +210,8 @@ def llama_part(s: Settings, bandwidth: float) -> list[dict]:
             kv = {n: kv_bytes(cache, pol[n][0], s.page_size) for n in ("dense", "quest")}
             runs = {n: (cache, p, token) for n, p in pol.items()}
             runs["no_context"] = (floor, pol["dense"], token)
-            times = time_steps(model, runs, s.steps, s.warmup)
-            rows.append(summarize(s.llama, "synthetic cache", L, times, weights, kv, bandwidth,
+            times = time_steps(model, runs, s.steps, s.warmup, stream)
+            rows.append(summarize(s.llama, "synthetic cache", L, times, weights, kv, stream,
                                   {"fill": "synthetic"}))
             say(_line(rows[-1]))
             del cache, runs
@@ -229,7 +233,7 @@ def prefill(model, ids: torch.Tensor, extra: int, page_size: int):
     return cache, step(model, cache, ids)
 
 
-def gemma_part(s: Settings, bandwidth: float) -> list[dict]:
+def gemma_part(s: Settings, stream: common.Stream) -> list[dict]:
     import time
 
     from longforge.models import load_model
@@ -251,9 +255,9 @@ def gemma_part(s: Settings, bandwidth: float) -> list[dict]:
             kv = {n: kv_bytes(base, pol[n][0], s.page_size) for n in ("dense", "quest")}
             runs = {n: (copy.deepcopy(base), p, tok) for n, p in pol.items()}
             runs["no_context"] = (copy.deepcopy(floor), pol["dense"], ftok)
-            times = time_steps(model, runs, s.steps, s.warmup)
+            times = time_steps(model, runs, s.steps, s.warmup, stream)
             rows.append(summarize(s.gemma, "real prefill", ids.shape[1], times, weights, kv,
-                                  bandwidth, {"fill": "real prefill", "prefill_s": prefill_s}))
+                                  stream, {"fill": "real prefill", "prefill_s": prefill_s}))
             say(_line(rows[-1]))
             del base, runs
     return rows
@@ -272,15 +276,15 @@ def run(s: Settings) -> dict:
     device = torch.device("cpu")
     env = common.environment(device)
     load_start = common.load_average()
-    bandwidth = common.stream_bandwidth(device, nbytes=s.stream_mb * 2**20)
+    stream = common.Stream(s.stream_mb * 2**20, device)
     with cpu.kernel(s.kernel):
-        rows = llama_part(s, bandwidth) if s.contexts else []
+        rows = llama_part(s, stream) if s.contexts else []
         if s.gemma != "none" and s.gemma_contexts:
-            rows += gemma_part(s, bandwidth)
+            rows += gemma_part(s, stream)
     meta = {**env, "command": s.command(), "settings": asdict(s),
             "load_average_start": load_start, "load_average_end": common.load_average(),
             "fill": FILL_NOTE,
-            "bandwidth_GBps": bandwidth / 1e9, "batch": 1,
+            "stream_mb": s.stream_mb, "batch": 1,
             "timing": (f"median of {s.steps} decode steps per policy after {s.warmup} warm-up "
                        "steps; policies alternate step by step in a rotating order")}
     return {"meta": meta, "rows": rows}

@@ -3,7 +3,8 @@
 Each kernel's step is run stage by stage with a clock reading between stages (every stage is a
 synchronous CPU call, so the stages add up to the whole step), cold last-level cache at the start
 of each step, the kernels interleaved, median per stage. Each stage's bytes (what it must read
-from memory) over the streaming bandwidth measured in the same run give its limit.
+from memory) over the streaming bandwidth (``x.sum()``, timed in the same rotation) give its
+limit.
 """
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ def run(s: Settings) -> dict:
     if "c" in s.kernels:
         cpu.set_kernel("c")  # builds it (clear error if impossible); the stages call it directly
         cpu.set_kernel("torch")
-    bandwidth = common.stream_bandwidth(device, s.stream_mb * 2**20)
+    stream = common.Stream(s.stream_mb * 2**20, device)
     flush = common.Flusher(s.flush_mb * 2**20, device)
     budget_pages = max(1, s.budget // s.page_size)
     rows = []
@@ -113,13 +114,17 @@ def run(s: Settings) -> dict:
             raise ValueError(f"context {L} fits the budget {s.budget}: Quest would be dense")
         qs = [torch.randn(1, shape.heads_q, shape.head_dim) for _ in range(8)]
         scale = shape.head_dim ** -0.5
-        times = {k: [] for k in s.kernels}
+        times = {k: [] for k in [*s.kernels, "stream"]}
+        names = list(times)
         for r in range(s.warmup + s.repeats):
-            for k in s.kernels[r % len(s.kernels):] + s.kernels[: r % len(s.kernels)]:
+            for k in names[r % len(names):] + names[: r % len(names)]:
                 flush()
-                t = _stamps([f for _, f in STAGES[k](qs[r % 8], store, budget_pages, scale)])
+                stages = [stream] if k == "stream" else \
+                    [f for _, f in STAGES[k](qs[r % 8], store, budget_pages, scale)]
+                t = _stamps(stages)
                 if r >= s.warmup:
                     times[k].append(t)
+        bandwidth = stream.bandwidth([t[0] for t in times.pop("stream")])
         for k in s.kernels:
             names = [n for n, _ in STAGES[k](qs[0], store, budget_pages, scale)]
             med = torch.tensor(times[k]).median(dim=0).values.tolist()
@@ -128,6 +133,7 @@ def run(s: Settings) -> dict:
                 + stage_bytes("gather K+V", store, s.budget)
             rows.append({
                 **env, "shape": shape.label, "context": L, "budget": s.budget, "kernel": k,
+                "bandwidth_GBps": bandwidth / 1e9,
                 "total_ms": total, "limit_ms": 1e3 * quest_bytes / bandwidth,
                 "fraction_of_limit": 1e3 * quest_bytes / bandwidth / total,
                 "stages": [{"stage": n, "us": 1e6 * m, "bytes": stage_bytes(n, store, s.budget),
@@ -136,8 +142,7 @@ def run(s: Settings) -> dict:
         del store
     meta = {**env, "command": s.command(), "settings": asdict(s),
             "load_average_start": load_start, "load_average_end": common.load_average(),
-            "fill": FILL_NOTE,
-            "bandwidth_GBps": bandwidth / 1e9,
+            "fill": FILL_NOTE, "stream_mb": s.stream_mb,
             "timing": (f"median over {s.repeats} steps per kernel (after {s.warmup}) of each "
                        f"stage; a {s.flush_mb} MiB read before every step (cold cache); "
                        "kernels interleaved")}
