@@ -71,14 +71,7 @@ class Settings:
     out: str = ""
 
     def command(self) -> str:
-        return ("longforge bench attention" f" --device {self.device}"
-                f" --shapes {','.join(self.shapes)}"
-                f" --contexts {','.join(map(str, self.contexts))}"
-                f" --budgets {','.join(map(str, self.budgets))}"
-                f" --kernels {','.join(self.kernels)} --repeats {self.repeats}"
-                f" --warmup {self.warmup} --page-size {self.page_size}"
-                f" --flush-mb {self.flush_mb} --stream-mb {self.stream_mb} --seed {self.seed}"
-                f" --out {self.out}")
+        return common.command_line("attention", self)
 
 
 def dtype_for(device: torch.device) -> torch.dtype:

@@ -33,6 +33,24 @@ def _require_device(device: str) -> None:
         raise typer.Exit(2)
 
 
+def _run(bench, settings, write, markdown, out: Path, files: str, hint: str, check=None) -> None:
+    """Run one benchmark; bad settings and a C kernel that cannot be built become usage
+    errors; then write the results and print the Markdown."""
+    from longforge.sparse.cpu_kernel import KernelBuildError
+
+    try:
+        if check is not None:
+            check()
+        result = bench.run(settings)
+    except KernelBuildError as exc:
+        raise typer.BadParameter(f"{exc}\n({hint})") from exc
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    write(result, out)
+    typer.echo(markdown(result))
+    typer.echo(f"\nresults: {out}/{files}")
+
+
 @app.command()
 def attention(
     device: str = typer.Option("cpu", help="cpu (PyTorch / C kernels) or cuda (Triton)."),
@@ -53,7 +71,6 @@ def attention(
     """Time one decode step of attention: dense SDPA, dense matmul, Quest; and the limits."""
     from longforge.bench import attention as bench
     from longforge.bench.report import attention_markdown, write_attention
-    from longforge.sparse.cpu_kernel import KernelBuildError
 
     _require_device(device)
     out = out or Path(f"benchmarks/results/attention_{device}")
@@ -61,17 +78,13 @@ def attention(
                        budgets=_ints(budgets), kernels=_strs(kernels), repeats=repeats,
                        warmup=warmup, page_size=page_size, flush_mb=flush_mb, stream_mb=stream_mb,
                        seed=seed, out=str(out))
-    try:
+
+    def check():
         for sh in s.shapes:
             bench.parse_shape(sh)
-        result = bench.run(s)
-    except KernelBuildError as exc:
-        raise typer.BadParameter(f"{exc}\n(or leave 'c' out of --kernels)") from exc
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    write_attention(result, out)
-    typer.echo(attention_markdown(result))
-    typer.echo(f"\nresults: {out}/results.json, results.md, results.png")
+
+    _run(bench, s, write_attention, attention_markdown, out, "results.json, results.md, "
+         "results.png", "or leave 'c' out of --kernels", check)
 
 
 @app.command()
@@ -92,24 +105,19 @@ def profile(
     """Where the microseconds of one Quest CPU decode step go, stage by stage, per kernel."""
     from longforge.bench import profile as bench
     from longforge.bench.report import profile_markdown, write_profile
-    from longforge.sparse.cpu_kernel import KernelBuildError
 
     s = bench.Settings(shape=shape, contexts=_ints(contexts), budget=budget,
                        kernels=_strs(kernels), repeats=repeats, warmup=warmup,
                        page_size=page_size, flush_mb=flush_mb, stream_mb=stream_mb, seed=seed,
                        out=str(out))
-    try:
+
+    def check():
         bench.parse_shape(shape)
         if not set(s.kernels) <= set(bench.STAGES):
             raise ValueError(f"--kernels: choose from {sorted(bench.STAGES)}")
-        result = bench.run(s)
-    except KernelBuildError as exc:
-        raise typer.BadParameter(f"{exc}\n(or leave 'c' out of --kernels)") from exc
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    write_profile(result, out)
-    typer.echo(profile_markdown(result))
-    typer.echo(f"\nresults: {out}/profile.json, profile.md")
+
+    _run(bench, s, write_profile, profile_markdown, out, "profile.json, profile.md",
+         "or leave 'c' out of --kernels", check)
 
 
 @app.command()
@@ -133,19 +141,11 @@ def decode(
     """End-to-end decode tokens/s, dense vs Quest, through the model forward (CPU)."""
     from longforge.bench import decode as bench
     from longforge.bench.report import decode_markdown, write_decode
-    from longforge.sparse.cpu_kernel import KernelBuildError
 
     s = bench.Settings(contexts=_ints(contexts), llama=llama, gemma=gemma,
                        gemma_contexts=_ints(gemma_contexts), steps=steps, warmup=warmup,
                        budget=budget, dense_layers=dense_layers, page_size=page_size,
                        kernel=kernel, stream_mb=stream_mb, seed=seed,
                        out=str(out))
-    try:
-        result = bench.run(s)
-    except KernelBuildError as exc:
-        raise typer.BadParameter(f"{exc}\n(or pass --kernel torch)") from exc
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    write_decode(result, out)
-    typer.echo(decode_markdown(result))
-    typer.echo(f"\nresults: {out}/results.json, results.md")
+    _run(bench, s, write_decode, decode_markdown, out, "results.json, results.md",
+         "or pass --kernel torch")

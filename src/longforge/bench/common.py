@@ -5,6 +5,7 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import fields
 
 import torch
 
@@ -85,3 +86,15 @@ class Stream:
 
 def median_ms(seconds: list[float]) -> float:
     return 1e3 * statistics.median(seconds)
+
+
+def command_line(name: str, settings) -> str:
+    """The ``longforge bench NAME`` command that reproduces ``settings`` (a dataclass whose
+    fields are the command's options, lists comma-joined)."""
+    parts = [f"longforge bench {name}"]
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
+        parts.append(f"--{f.name.replace('_', '-')} {value}")
+    return " ".join(parts)

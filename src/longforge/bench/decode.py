@@ -50,14 +50,7 @@ class Settings:
     out: str = ""
 
     def command(self) -> str:
-        return ("longforge bench decode"
-                f" --contexts {','.join(map(str, self.contexts))} --llama {self.llama}"
-                f" --gemma {self.gemma}"
-                f" --gemma-contexts {','.join(map(str, self.gemma_contexts))}"
-                f" --steps {self.steps} --warmup {self.warmup} --budget {self.budget}"
-                f" --dense-layers {self.dense_layers} --page-size {self.page_size}"
-                f" --kernel {self.kernel} --stream-mb {self.stream_mb} --seed {self.seed}"
-                f" --out {self.out}")
+        return common.command_line("decode", self)
 
     def policies(self) -> dict:
         """``name: (policy, CPU kernel)``; with the C kernel, Quest on the default PyTorch path

@@ -34,12 +34,7 @@ class Settings:
     out: str = ""
 
     def command(self) -> str:
-        return ("longforge bench profile"
-                f" --shape {self.shape} --contexts {','.join(map(str, self.contexts))}"
-                f" --budget {self.budget} --kernels {','.join(self.kernels)}"
-                f" --repeats {self.repeats} --warmup {self.warmup} --page-size {self.page_size}"
-                f" --flush-mb {self.flush_mb} --stream-mb {self.stream_mb} --seed {self.seed}"
-                f" --out {self.out}")
+        return common.command_line("profile", self)
 
 
 def _stamps(fns) -> list[float]:
