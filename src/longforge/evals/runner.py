@@ -91,13 +91,22 @@ def body(model):
     return model.base_model
 
 
+# Prompts are prefilled in chunks of this many tokens. Same attention as one pass (each chunk
+# attends to the cache so far and causally within itself), but the mask and score matrices of a
+# layer are chunk x context instead of context x context: a 32K prompt in one pass would
+# materialise 32K x 32K masks (and H2O's score matrices) per layer type.
+PREFILL_CHUNK = 8192
+
+
 @torch.no_grad()
 def prefill(model, ids: list[int], max_len: int, track_scores: bool,
-            page_size: int = 16) -> SparseCache:
-    """Dense prefill of ``ids`` into a fresh cache (call inside ``sparse_attention(model, ...)``)."""
+            page_size: int = 16, chunk: int = PREFILL_CHUNK) -> SparseCache:
+    """Dense prefill of ``ids`` into a fresh cache, ``chunk`` tokens per forward (call inside
+    ``sparse_attention(model, ...)``)."""
     cache = SparseCache(model, max_len=max_len, page_size=page_size, track_scores=track_scores)
-    body(model)(input_ids=torch.tensor([ids], device=model.device), **cache_kw(model, cache),
-                use_cache=True)
+    for s0 in range(0, len(ids), chunk):
+        body(model)(input_ids=torch.tensor([ids[s0:s0 + chunk]], device=model.device),
+                    **cache_kw(model, cache), use_cache=True)
     return cache
 
 
