@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/longforge bench attention
+	$(BIN)/longforge bench profile
 	$(BIN)/longforge bench decode
 
 clean:

@@ -128,7 +128,7 @@ def decode(
     gemma: str = typer.Option("gemma-3-270m", help="Model for the real-prefill part ('none' "
                                                    "to skip; tiny-gemma3 for tests)."),
     gemma_contexts: str = typer.Option("8192,16384", help="Prompt lengths for the Gemma part."),
-    steps: int = typer.Option(16, help="Timed decode steps per policy (median)."),
+    steps: int = typer.Option(24, help="Timed decode steps per policy (median)."),
     warmup: int = typer.Option(2, help="Untimed decode steps per policy first."),
     budget: int = typer.Option(2048, help="Quest token budget."),
     dense_layers: int = typer.Option(2, help="First N layers dense (Quest's default)."),

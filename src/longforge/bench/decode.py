@@ -39,7 +39,7 @@ class Settings:
     llama: str = "tinyllama"
     gemma: str = "gemma-3-270m"
     gemma_contexts: list[int] = field(default_factory=lambda: [8192, 16384])
-    steps: int = 16
+    steps: int = 24
     warmup: int = 2
     budget: int = 2048
     dense_layers: int = 2
