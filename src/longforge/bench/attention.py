@@ -145,7 +145,7 @@ def time_interleaved(fns: dict, queries: list, warmup: int, repeats: int, flush,
     times = {n: [] for n in names}
     for r in range(repeats):
         q = queries[r % len(queries)]
-        for n in names[r % len(names):] + names[: r % len(names)]:
+        for n in common.rotated(names, r):
             flush()
             times[n].append(common.timed(lambda: fns[n](q), device))
     return times

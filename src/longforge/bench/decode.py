@@ -160,7 +160,7 @@ def time_steps(model, runs: dict, steps: int, warmup: int,
             one(n)
     times = {n: [] for n in names}
     for r in range(steps):
-        for n in names[r % len(names):] + names[: r % len(names)]:
+        for n in common.rotated(names, r):
             times[n].append(common.timed(lambda: one(n), torch.device("cpu")))
     return times
 

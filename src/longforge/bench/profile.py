@@ -110,9 +110,8 @@ def run(s: Settings) -> dict:
         qs = [torch.randn(1, shape.heads_q, shape.head_dim) for _ in range(8)]
         scale = shape.head_dim ** -0.5
         times = {k: [] for k in [*s.kernels, "stream"]}
-        names = list(times)
         for r in range(s.warmup + s.repeats):
-            for k in names[r % len(names):] + names[: r % len(names)]:
+            for k in common.rotated(list(times), r):
                 flush()
                 stages = [stream] if k == "stream" else \
                     [f for _, f in STAGES[k](qs[r % 8], store, budget_pages, scale)]
