@@ -19,12 +19,34 @@ def test_fast_matches_reference(name, c):
     chunks = rng.integers(0, 512, size=(7, c))
     pi, pj = sample_pairs(7, 15, doc_rng(0, name))  # 15 of the 21 pairs
     s_ref, p_ref = ReferenceScorer(model, batch_size=3).perplexities(chunks, pi, pj)
-    # batch_tokens=100 -> 2 pairs per batch when c=40: several batches, one partial
-    s_fast, p_fast = FastScorer(model, batch_tokens=100, head_rows=50).perplexities(chunks, pi, pj)
+    # batch_tokens=100 -> 2 pairs per batch when c=40: several batches, one partial; the
+    # 512-entry vocabulary in blocks of 96: five whole blocks and a partial one
+    fast = FastScorer(model, batch_tokens=100, head_rows=50, vocab_block=96)
+    s_fast, p_fast = fast.perplexities(chunks, pi, pj)
     np.testing.assert_allclose(s_fast, s_ref, rtol=RTOL)
     np.testing.assert_allclose(p_fast, p_ref, rtol=RTOL)
     # the context matters (otherwise the comparison proves little)
     assert np.abs(p_ref / s_ref[pi] - 1).max() > 1e-3
+
+
+@pytest.mark.parametrize("softcap", [None, 2.0])
+@pytest.mark.parametrize("vocab_block", [96, 512, 4096])
+def test_blocked_head_nll_equals_log_softmax(softcap, vocab_block):
+    """The online log-sum-exp over vocabulary blocks gives the NLL of the full log-softmax,
+    whatever the block (partial last block, one block, a block wider than the vocabulary)."""
+    model = tiny_model("tiny-gemma3", final_logit_softcapping=softcap)
+    fast = FastScorer(model, head_rows=7, vocab_block=vocab_block)
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(20, model.config.hidden_size, generator=g) * 3
+    targets = torch.randint(0, 512, (20,), generator=g)
+    with torch.no_grad():
+        logits = model.get_output_embeddings()(hidden)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    want = -torch.log_softmax(logits.double(), -1).gather(1, targets[:, None]).squeeze(1)
+    with torch.inference_mode():
+        got = fast._nll(hidden, targets).double()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_sliding_window_is_in_effect_for_tiny_gemma3():
