@@ -1,6 +1,8 @@
 """The fast CPU decode path equals the plain-PyTorch reference (``ops.*_reference``)."""
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -100,10 +102,11 @@ def test_c_kernel_equals_reference(b, hq, hkv, n, budget, softcap, masked):
         mask = torch.ones(b, n, dtype=torch.bool)
         mask[-1, :7] = False
     want = ops.quest_decode_reference(q, st, budget, 0.3, key_mask=mask, softcap=softcap)
+    before = cpu.kernel_setting()
     with cpu.kernel("c"):
         got = ops.quest_decode(q, st, budget, 0.3, key_mask=mask, softcap=softcap)
     assert torch.allclose(got, want, atol=1e-5)
-    assert cpu.get_kernel() == "torch"  # restored after the block
+    assert cpu.kernel_setting() == before  # restored after the block
 
 
 @needs_cc
@@ -137,9 +140,38 @@ def test_c_kernel_that_cannot_be_built_raises(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("LONGFORGE_CACHE", str(tmp_path))
     ck.library.cache_clear()
+    before = cpu.kernel_setting()
     try:
         with pytest.raises(ck.KernelBuildError, match="C compiler"):
             cpu.set_kernel("c")
-        assert cpu.get_kernel() == "torch"  # nothing changed
+        assert cpu.kernel_setting() == before  # nothing changed
     finally:
         ck.library.cache_clear()
+
+
+def test_auto_kernel_without_a_compiler_warns_and_uses_torch(monkeypatch, tmp_path, caplog):
+    """``auto`` (the default) takes the C kernel when it builds; otherwise the PyTorch kernel,
+    same method, with a warning that says why -- never silently."""
+    from longforge.sparse import cpu_kernel as ck
+
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("LONGFORGE_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu, "_AUTO", {})
+    ck.library.cache_clear()
+    try:
+        with cpu.kernel("auto"), caplog.at_level("WARNING", logger="longforge.sparse.cpu"):
+            assert cpu.get_kernel() == "torch"
+        assert "C kernel cannot be built" in caplog.text and "no-such-compiler" in caplog.text
+    finally:
+        ck.library.cache_clear()
+
+
+@needs_cc
+def test_auto_kernel_is_c_when_it_builds(monkeypatch):
+    monkeypatch.setattr(cpu, "_AUTO", {})
+    with cpu.kernel("auto"):
+        assert cpu.get_kernel() == "c"
+    env = {k: v for k, v in os.environ.items() if k != "LONGFORGE_CPU_KERNEL"}
+    code = "from longforge.sparse import cpu; print(cpu.kernel_setting(), cpu.get_kernel())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["auto", "c"], out.stderr  # the default

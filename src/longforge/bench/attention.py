@@ -24,7 +24,7 @@ import torch
 
 from longforge.bench import common
 from longforge.progress import progress, say
-from longforge.sparse import cpu, ops
+from longforge.sparse import cpu, cpu_kernel, ops
 from longforge.sparse.store import PagedKV
 
 FILL_NOTE = ("Caches are filled in place with synthetic keys and values (k.normal_(), "
@@ -107,11 +107,10 @@ def quest_kernels(device: torch.device, kernels: list[str]) -> list[str]:
             raise ValueError("the Triton kernels do not import on this machine; nothing to time")
         return ["triton"]
     for k in kernels:
-        if k not in cpu.KERNELS:
-            raise ValueError(f"unknown CPU kernel {k!r}; choose from {cpu.KERNELS}")
+        if k not in ("torch", "c"):
+            raise ValueError(f"unknown CPU kernel {k!r}; choose from torch, c")
         if k == "c":
-            cpu.set_kernel("c")  # builds it now (a clear error if it cannot be built)
-            cpu.set_kernel("torch")
+            cpu_kernel.library()  # builds it now (a clear error if it cannot be built)
     return list(kernels)
 
 

@@ -16,7 +16,7 @@ import torch
 from longforge.bench import common
 from longforge.bench.attention import FILL_NOTE, filled_store, parse_shape
 from longforge.progress import progress
-from longforge.sparse import cpu
+from longforge.sparse import cpu, cpu_kernel
 
 
 @dataclass
@@ -61,7 +61,6 @@ def torch_stages(q, store, budget_pages, scale):
 
 def c_stages(q, store, budget_pages, scale):
     """The C-kernel step of ``cpu._quest_decode_c`` (no mask, no softcap), stage by stage."""
-    from longforge.sparse import cpu_kernel as ck
 
     b, hq, d = q.shape
     hkv, P = store.k.shape[1], store.page_size
@@ -69,13 +68,13 @@ def c_stages(q, store, budget_pages, scale):
 
     def crit(_):
         q2 = torch.cat([qg.clamp(min=0), qg.clamp(max=0)], dim=-1)
-        return ck.group_criticality(q2, store.meta, store.n_pages)
+        return cpu_kernel.group_criticality(q2, store.meta, store.n_pages)
 
     return [
         ("criticality", crit),
         ("top-K", lambda s: cpu.top_pages(s, budget_pages)),
         ("attention on the pages in place",
-         lambda p: ck.sparse_attention(qg, store.k, store.v, p, P, None, scale, None)),
+         lambda p: cpu_kernel.sparse_attention(qg, store.k, store.v, p, P, None, scale, None)),
     ]
 
 
@@ -97,8 +96,7 @@ def run(s: Settings) -> dict:
     env = common.environment(device)
     load_start = common.load_average()
     if "c" in s.kernels:
-        cpu.set_kernel("c")  # builds it (clear error if impossible); the stages call it directly
-        cpu.set_kernel("torch")
+        cpu_kernel.library()  # builds it (clear error if impossible); the stages call it directly
     stream = common.Stream(s.stream_mb * 2**20, device)
     flush = common.Flusher(s.flush_mb * 2**20, device)
     budget_pages = max(1, s.budget // s.page_size)

@@ -15,14 +15,19 @@ Same contract as the reference in :mod:`longforge.sparse.ops`; every pass over m
 
 Dense decode over the same preallocated cache uses the same matmul-softmax-matmul (no copies).
 
-Kernel ``"c"`` (opt-in: ``LONGFORGE_CPU_KERNEL=c`` or :func:`set_kernel`) replaces the
-criticality matmul, the gather and the attention of the Quest step by the two loops of
-:mod:`longforge.sparse.cpu_kernel`, which read the metadata and the selected pages in place
-(fp32 only; other dtypes keep this path). Top-K, the page choice and the key masks are the same
-code. Dense decode is unchanged.
+Kernel ``"c"`` replaces the criticality matmul, the gather and the attention of the Quest step
+by the two loops of :mod:`longforge.sparse.cpu_kernel`, which read the metadata and the selected
+pages in place (fp32 only; other dtypes keep this path). Top-K, the page choice and the key
+masks are the same code, so both kernels compute the same method. Dense decode is unchanged.
+
+The setting (``LONGFORGE_CPU_KERNEL`` or :func:`set_kernel`) is ``"auto"`` by default: the C
+kernel when it builds, otherwise the PyTorch one with a logged warning that says why (the
+method is the same; only the speed differs). ``"c"`` or ``"torch"`` force one kernel; ``"c"``
+raises if it cannot be built.
 """
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 
@@ -30,14 +35,18 @@ import torch
 
 from longforge.sparse.store import PagedKV
 
-KERNELS = ("torch", "c")
-_KERNEL = {"name": os.environ.get("LONGFORGE_CPU_KERNEL", "torch")}
+log = logging.getLogger(__name__)
+
+KERNELS = ("auto", "torch", "c")
+_KERNEL = {"name": os.environ.get("LONGFORGE_CPU_KERNEL", "auto")}
+_AUTO: dict = {}  # "auto" resolved once per process
 
 _BUFFERS: dict = {}
 
 
 def set_kernel(name: str) -> None:
-    """Choose the Quest CPU kernel: ``"torch"`` (default) or ``"c"`` (built now; raises
+    """Choose the Quest CPU kernel: ``"auto"`` (default: ``"c"`` if it builds, else
+    ``"torch"`` with a warning), ``"torch"``, or ``"c"`` (built now; raises
     ``cpu_kernel.KernelBuildError`` with the compiler's message if it cannot be built)."""
     if name not in KERNELS:
         raise ValueError(f"unknown CPU kernel {name!r}; choose one of {KERNELS}")
@@ -59,11 +68,30 @@ def kernel(name: str):
         _KERNEL["name"] = old
 
 
-def get_kernel() -> str:
+def kernel_setting() -> str:
+    """The setting as chosen: ``"auto"``, ``"torch"`` or ``"c"``."""
     name = _KERNEL["name"]
     if name not in KERNELS:
         raise ValueError(f"LONGFORGE_CPU_KERNEL={name!r}; choose one of {KERNELS}")
     return name
+
+
+def get_kernel() -> str:
+    """The kernel in use: ``"torch"`` or ``"c"`` (``"auto"`` resolved)."""
+    name = kernel_setting()
+    if name != "auto":
+        return name
+    if "name" not in _AUTO:
+        from longforge.sparse import cpu_kernel
+
+        try:
+            cpu_kernel.library()
+            _AUTO["name"] = "c"
+        except cpu_kernel.KernelBuildError as exc:
+            log.warning("Quest CPU kernel: using the PyTorch kernel (same method, slower) "
+                        "because the C kernel cannot be built: %s", exc)
+            _AUTO["name"] = "torch"
+    return _AUTO["name"]
 
 
 def _buffer(name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:

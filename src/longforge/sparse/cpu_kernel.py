@@ -15,11 +15,13 @@ Top-K stays ``torch.topk``; the method is the PyTorch path's exactly (equal to
 8-wide GCC vector types, two independent FMA chains per head, one shuffle tree for four dot
 products, a vector ``exp`` (Cephes polynomial, ~1 ulp; exactly 0 below -87).
 
-Opt-in only (``LONGFORGE_CPU_KERNEL=c`` or ``cpu.set_kernel("c")``). It is plain C built once by
+Used by default when it builds (``LONGFORGE_CPU_KERNEL=auto``; ``c`` forces it, ``torch`` turns
+it off; see :mod:`longforge.sparse.cpu`). It is plain C built once by
 ``$CC`` (default ``gcc``) into ``cache_dir()/kernels`` and loaded with ctypes: no torch headers,
 so the build takes about a second (a ``torch.utils.cpp_extension`` build compiles the torch
 headers), and torch's own libgomp, already loaded, runs its OpenMP loops on torch's threads.
-A build failure raises :class:`KernelBuildError`; nothing falls back silently.
+A build failure raises :class:`KernelBuildError`; under ``auto`` it is logged as a warning and
+the PyTorch kernel (same method) is used; nothing falls back silently.
 """
 from __future__ import annotations
 
