@@ -176,3 +176,22 @@ def test_other_policies_at_full_budget_equal_dense(ctx):
     with getattr(longforge, ctx)(m, token_budget=4096, dense_layers=0):
         out = _gen(m, ids, mask)
     assert _maxdiff(ref, out) < 1e-4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_per_head_selection_in_generate(arch):
+    """``selection="head"`` equals the stock model at full budget, and at a small budget it is
+    another method than per-group selection (the GQA groups have 2 query heads)."""
+    m = tiny_model(arch)
+    ids, mask = _inputs(t=70)
+    ref = _gen(m, ids, mask)
+    with longforge.quest(m, token_budget=4096, dense_layers=0, selection="head"):
+        out = _gen(m, ids, mask)
+    assert _maxdiff(ref, out) < 1e-4
+    with longforge.quest(m, token_budget=16, page_size=4, dense_layers=0, selection="head"):
+        head = _gen(m, ids, mask)
+    with longforge.quest(m, token_budget=16, page_size=4, dense_layers=0):
+        group = _gen(m, ids, mask)
+    assert _maxdiff(head, group) > 1e-3
+    with pytest.raises(ValueError, match="selection"):
+        longforge.quest(m, selection="token")

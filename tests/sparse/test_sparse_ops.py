@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from longforge.sparse.ops import (criticality, dense_decode, gather_pages, quest_decode,
-                                  select_pages)
+                                  quest_decode_per_head, select_pages)
 from longforge.sparse.store import PagedKV
 
 
@@ -93,3 +93,35 @@ def test_gather_pages_layout():
     got = gather_pages(x, torch.tensor([[[3, 1]], [[0, 2]]]), 4)
     assert got[0, 0, :, 0].tolist() == [12, 13, 14, 15, 4, 5, 6, 7]
     assert got[1, 0, :, 0].tolist() == [16, 17, 18, 19, 24, 25, 26, 27]
+
+
+def test_per_head_selection_attends_each_head_over_its_own_top_pages():
+    st, k, v = _store()
+    q = torch.randn(2, 4, 8)
+    crit = criticality(q, st.meta, st.n_pages)  # [B, Hkv, G, pages]
+    out = quest_decode_per_head(q, st, token_budget=12, scale=0.5)  # 3 pages per head
+    P = st.page_size
+    chosen = set()
+    for b in range(2):
+        for h in range(4):
+            kvh, g = divmod(h, 2)
+            c = crit[b, kvh, g].clone()
+            c[-1] = float("inf")  # the last page always kept
+            pages = c.topk(3).indices.tolist()
+            chosen.add((b, kvh, tuple(sorted(pages))))
+            toks = [t for p in pages for t in range(p * P, (p + 1) * P) if t < st.length]
+            w = torch.softmax(k[b, kvh, toks] @ q[b, h] * 0.5, -1)
+            assert torch.allclose(out[b, h], w @ v[b, kvh, toks], atol=1e-5)
+    assert len(chosen) > 4  # heads of one group did choose different pages: the test can fail
+
+
+def test_per_head_selection_is_per_group_selection_without_gqa_and_dense_at_full_budget():
+    st, _, _ = _store()
+    q = torch.randn(2, 2, 8)  # one query head per KV head
+    mask = torch.ones(2, st.length, dtype=torch.bool)
+    mask[0, :6] = False
+    assert torch.allclose(quest_decode_per_head(q, st, 12, 0.5, key_mask=mask),
+                          quest_decode(q, st, 12, 0.5, key_mask=mask), atol=1e-5)
+    q = torch.randn(2, 4, 8)
+    assert torch.allclose(quest_decode_per_head(q, st, 10_000, 0.5, key_mask=mask),
+                          dense_decode(q, st, 0.5, key_mask=mask), atol=1e-5)

@@ -31,7 +31,7 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from longforge.models import cache_arg
-from longforge.sparse.policies import H2O, Dense, Policy, Quest, StreamingLLM
+from longforge.sparse.policies import H2O, Dense, Policy, Quest, QuestPerHead, StreamingLLM
 from longforge.sparse.store import PagedKV
 
 ATTN_NAME = "longforge_sparse"
@@ -323,9 +323,16 @@ def _generate_length(model, args, kwargs) -> int:
 
 
 def quest(model, token_budget: int = 2048, page_size: int = 16, dense_layers: int = 2,
-          max_len: int | None = None):
-    """``with quest(model, token_budget=2048): model.generate(...)`` -- Quest decode attention."""
-    return sparse_attention(model, Quest(token_budget, page_size, dense_layers), max_len)
+          max_len: int | None = None, selection: str = "group"):
+    """``with quest(model, token_budget=2048): model.generate(...)`` -- Quest decode attention.
+
+    ``selection``: ``"group"`` (default; pages chosen per KV group, each read once per group) or
+    ``"head"`` (per query head, as on multi-head models; plain-PyTorch, up to G x the reads).
+    """
+    kinds = {"group": Quest, "head": QuestPerHead}
+    if selection not in kinds:
+        raise ValueError(f"selection={selection!r}: choose 'group' or 'head'")
+    return sparse_attention(model, kinds[selection](token_budget, page_size, dense_layers), max_len)
 
 
 def streaming_llm(model, token_budget: int, sinks: int = 4, dense_layers: int = 2,

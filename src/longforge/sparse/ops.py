@@ -11,7 +11,9 @@ Shapes: ``q`` is ``[B, H_q, D]`` (one decode step), the store holds ``H_kv`` hea
 GQA choice: pages are selected **per KV group**, so each selected page is read once per group.
 A group's score for a page is the **max** over its query heads of their criticality: a page that
 is critical to any head of the group is kept (the max of per-head upper bounds is an upper bound
-of max_g q_g.k for every key k in the page).
+of max_g q_g.k for every key k in the page). ``quest_decode_per_head`` is the other choice, for
+comparison: every query head takes its own top-K pages (as Quest does on multi-head models),
+reading up to G times as many pages per group; it has this plain-PyTorch implementation only.
 """
 from __future__ import annotations
 
@@ -102,6 +104,31 @@ def quest_decode_reference(q: torch.Tensor, store: PagedKV, token_budget: int, s
         valid &= torch.gather(full, 2, pos)
     out = attend(q.view(b, hkv, hq // hkv, d), k, v, valid, scale, softcap)
     return out.reshape(b, hq, d)
+
+
+def quest_decode_per_head(q: torch.Tensor, store: PagedKV, token_budget: int, scale: float,
+                          key_mask: torch.Tensor | None = None,
+                          softcap: float | None = None) -> torch.Tensor:
+    """Quest with pages chosen **per query head**: each head attends exactly over its own top-K
+    pages by its own criticality (the last page always kept; dense when the context fits)."""
+    P = store.page_size
+    budget_pages = max(1, token_budget // P)
+    n = store.n_pages
+    if n <= budget_pages:
+        return dense_decode_reference(q, store, scale, key_mask, softcap)
+    b, hq, d = q.shape
+    g = hq // store.k.shape[1]
+    crit = criticality(q, store.meta, n)  # [B, H_kv, G, n]
+    crit[..., n - 1] = float("inf")
+    pages = crit.topk(budget_pages, dim=-1, sorted=False).indices.view(b, hq, budget_pages)
+    pos = token_positions(pages, P)  # [B, H_q, K*P]
+    bi = torch.arange(b, device=q.device)[:, None, None]
+    kv_head = (torch.arange(hq, device=q.device) // g)[None, :, None]
+    k, v = store.k[bi, kv_head, pos], store.v[bi, kv_head, pos]  # [B, H_q, K*P, D]: copies
+    valid = pos < store.length
+    if key_mask is not None:
+        valid &= _pad_mask(key_mask, store.capacity)[bi, pos]
+    return attend(q.view(b, hq, 1, d), k, v, valid, scale, softcap).reshape(b, hq, d)
 
 
 def _pad_mask(key_mask: torch.Tensor, capacity: int) -> torch.Tensor:

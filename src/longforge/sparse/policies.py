@@ -9,6 +9,8 @@ them. When a row's context fits the budget, every policy is dense.
 * ``Dense``: every token (the baseline; ``ops.dense_decode``).
 * ``Quest``: per step, the top ``token_budget / page_size`` pages by criticality, chosen per KV
   group (max over the group's query heads), the last page always kept (``ops.quest_decode``).
+* ``QuestPerHead`` (``"quest-head"``): Quest with the pages chosen per query head instead of
+  per KV group (``ops.quest_decode_per_head``): the GQA ablation; up to G times the pages read.
 * ``StreamingLLM``: the first ``sinks`` tokens of each row plus the most recent
   ``token_budget - sinks`` tokens. Keys keep the rotary positions they were cached with (no
   re-indexing of positions inside the window, as in kvpress); evicted tokens are never read.
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from longforge.sparse.ops import dense_decode, quest_decode
+from longforge.sparse.ops import dense_decode, quest_decode, quest_decode_per_head
 
 
 @dataclass
@@ -73,7 +75,20 @@ class Quest(Policy):
         if layer.store.page_size != self.page_size:
             raise ValueError(f"cache pages have {layer.store.page_size} tokens, policy wants "
                              f"{self.page_size}")
-        return quest_decode(q, layer.store, self.token_budget, scale, key_mask, softcap)
+        return self._decode(q, layer.store, self.token_budget, scale, key_mask, softcap)
+
+    @staticmethod
+    def _decode(*args):
+        return quest_decode(*args)
+
+
+@dataclass
+class QuestPerHead(Quest):
+    name = "quest-head"
+
+    @staticmethod
+    def _decode(*args):
+        return quest_decode_per_head(*args)
 
 
 @dataclass
@@ -134,7 +149,8 @@ class H2O(Policy):
         return out
 
 
-POLICIES = {"dense": Dense, "quest": Quest, "streaming": StreamingLLM, "h2o": H2O}
+POLICIES = {"dense": Dense, "quest": Quest, "quest-head": QuestPerHead,
+            "streaming": StreamingLLM, "h2o": H2O}
 
 
 def make_policy(name: str, token_budget: int | None = None, **kwargs) -> Policy:
