@@ -175,3 +175,30 @@ def test_auto_kernel_is_c_when_it_builds(monkeypatch):
     code = "from longforge.sparse import cpu; print(cpu.kernel_setting(), cpu.get_kernel())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.split() == ["auto", "c"], out.stderr  # the default
+
+
+def test_rank_selection_lets_each_head_take_its_best_pages_in_turn():
+    # one group of 2 heads over 6 pages; page 5 is the last (always kept)
+    crit = torch.tensor([[[[9., 1., 8., 0., 2., 0.],     # head 0: pages 0, 2, 4, ...
+                           [0., 1., 2., 3., 4., 0.]]]])  # head 1: pages 4, 3, 2, ...
+    got = sorted(cpu.top_pages_by_rank(crit, 3)[0, 0].tolist())
+    assert got == [0, 4, 5]  # the last page, head 0's best, head 1's best
+    assert sorted(cpu.top_pages_by_rank(crit, 4)[0, 0].tolist()) == [0, 2, 4, 5]  # 0's second
+    assert sorted(cpu.top_pages_by_rank(crit, 5)[0, 0].tolist()) == [0, 2, 3, 4, 5]  # 2 taken
+    # the max over heads would take pages 0, 2 and 5: head 1's best page is left out
+    assert sorted(cpu.top_pages(crit.amax(2), 3)[0, 0].tolist()) == [0, 2, 5]
+
+
+@pytest.mark.parametrize("kernel", ["torch", pytest.param("c", marks=needs_cc)])
+@pytest.mark.parametrize("b,hq,hkv,n,budget", CASES)
+def test_rank_combine_equals_reference(kernel, b, hq, hkv, n, budget):
+    st = _store(b, hkv, 8, n, seed=7)
+    q = torch.randn(b, hq, 8)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[-1, :5] = False
+    want = ops.quest_decode_reference(q, st, budget, 0.3, key_mask=mask, combine="rank")
+    with cpu.kernel(kernel):
+        got = ops.quest_decode(q, st, budget, 0.3, key_mask=mask, combine="rank")
+    assert torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match="combine"):
+        ops.quest_decode(q, st, budget, 0.3, combine="sum")

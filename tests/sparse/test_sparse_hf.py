@@ -179,16 +179,17 @@ def test_other_policies_at_full_budget_equal_dense(ctx):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_per_head_selection_in_generate(arch):
-    """``selection="head"`` equals the stock model at full budget, and at a small budget it is
-    another method than per-group selection (the GQA groups have 2 query heads)."""
+@pytest.mark.parametrize("selection", ["head", "rank"])
+def test_other_selections_in_generate(arch, selection):
+    """``selection="head"`` / ``"rank"`` equal the stock model at full budget, and at a small
+    budget they are other methods than the default (the GQA groups have 2 query heads)."""
     m = tiny_model(arch)
     ids, mask = _inputs(t=70)
     ref = _gen(m, ids, mask)
-    with longforge.quest(m, token_budget=4096, dense_layers=0, selection="head"):
+    with longforge.quest(m, token_budget=4096, dense_layers=0, selection=selection):
         out = _gen(m, ids, mask)
     assert _maxdiff(ref, out) < 1e-4
-    with longforge.quest(m, token_budget=16, page_size=4, dense_layers=0, selection="head"):
+    with longforge.quest(m, token_budget=16, page_size=4, dense_layers=0, selection=selection):
         head = _gen(m, ids, mask)
     with longforge.quest(m, token_budget=16, page_size=4, dense_layers=0):
         group = _gen(m, ids, mask)

@@ -106,20 +106,41 @@ def _buffer(name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
     return buf[:n].view(shape)
 
 
-def page_scores(q: torch.Tensor, store: PagedKV) -> torch.Tensor:
-    """Per-KV-group page criticality ``[B, H_kv, n_pages]`` (max over the group's heads)."""
+def head_scores(q: torch.Tensor, store: PagedKV) -> torch.Tensor:
+    """Per-head page criticality ``[B, H_kv, n_pages, G]`` (metadata on the left)."""
     b, hq, d = q.shape
     hkv = store.meta.shape[1]
     qg = q.view(b, hkv, hq // hkv, d).to(store.meta.dtype)
     q2 = torch.cat([qg.clamp(min=0), qg.clamp(max=0)], dim=-1)  # [B, H_kv, G, 2D]
-    crit = torch.matmul(store.meta[:, :, : store.n_pages], q2.transpose(-1, -2))  # [B,H,n,G]
-    return crit.amax(dim=-1)
+    return torch.matmul(store.meta[:, :, : store.n_pages], q2.transpose(-1, -2))
+
+
+def page_scores(q: torch.Tensor, store: PagedKV) -> torch.Tensor:
+    """Per-KV-group page criticality ``[B, H_kv, n_pages]`` (max over the group's heads)."""
+    return head_scores(q, store).amax(dim=-1)
 
 
 def top_pages(scores: torch.Tensor, budget_pages: int) -> torch.Tensor:
     """Indices ``[B, H_kv, K]`` of the best pages; the last page (being written) always kept."""
     scores[..., -1] = float("inf")
     return scores.topk(budget_pages, dim=-1, sorted=False).indices
+
+
+def top_pages_by_rank(crit: torch.Tensor, budget_pages: int) -> torch.Tensor:
+    """Indices ``[B, H_kv, K]`` from per-head criticality ``[B, H_kv, G, n]``: the group's heads
+    take their best pages in turn (each head's first choice, then each head's second, ...;
+    a page already taken is skipped) until K are chosen; the last page always kept.
+
+    The group still reads K pages, but every head's top pages are among them: with the max over
+    heads, one head's loose upper bounds can fill all K slots."""
+    crit = crit.clone()
+    crit[..., -1] = float("inf")
+    g, n = crit.shape[-2:]
+    order = crit.argsort(dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(n, device=crit.device)
+                                            .expand_as(order))
+    turn = (rank * g + torch.arange(g, device=crit.device)[:, None]).amin(dim=-2)  # [B, H_kv, n]
+    return turn.topk(budget_pages, dim=-1, largest=False, sorted=False).indices
 
 
 def gather(x: torch.Tensor, pages: torch.Tensor, page_size: int, name: str) -> torch.Tensor:
@@ -167,16 +188,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tenso
 
 
 def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: float,
-                 key_mask: torch.Tensor | None = None, softcap: float | None = None) -> torch.Tensor:
+                 key_mask: torch.Tensor | None = None, softcap: float | None = None,
+                 combine: str = "max") -> torch.Tensor:
     """One Quest decode step on the CPU (contract of ``ops.quest_decode``)."""
     budget_pages = max(1, token_budget // store.page_size)
     if store.n_pages <= budget_pages:
         return dense_decode(q, store, scale, key_mask, softcap)
     if get_kernel() == "c" and store.k.dtype == torch.float32 and q.dtype == torch.float32:
-        return _quest_decode_c(q, store, budget_pages, scale, key_mask, softcap)
+        return _quest_decode_c(q, store, budget_pages, scale, key_mask, softcap, combine)
     b, hq, d = q.shape
     hkv = store.k.shape[1]
-    pages = top_pages(page_scores(q, store), budget_pages)
+    pages = _select(q, store, budget_pages, combine, page_scores)
     k = gather(store.k, pages, store.page_size, "k")
     v = gather(store.v, pages, store.page_size, "v")
     out = attend(q.view(b, hkv, hq // hkv, d), k, v, valid_keys(pages, store, key_mask), scale,
@@ -184,16 +206,37 @@ def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: floa
     return out.reshape(b, hq, d)
 
 
+def _select(q: torch.Tensor, store: PagedKV, budget_pages: int, combine: str,
+            group_scores) -> torch.Tensor:
+    """Pages ``[B, H_kv, K]``: by ``group_scores(q, store)`` (max over the group's heads) or, for
+    ``combine="rank"``, by :func:`top_pages_by_rank` over the per-head criticality."""
+    if combine == "max":
+        return top_pages(group_scores(q, store), budget_pages)
+    if combine == "rank":
+        return top_pages_by_rank(head_scores(q, store).transpose(-1, -2), budget_pages)
+    raise ValueError(f"combine={combine!r}: choose 'max' or 'rank'")
+
+
+def _c_group_scores(q: torch.Tensor, store: PagedKV) -> torch.Tensor:
+    from longforge.sparse import cpu_kernel as ck
+
+    b, hq, d = q.shape
+    hkv = store.k.shape[1]
+    qg = q.reshape(b, hkv, hq // hkv, d).contiguous()
+    return ck.group_criticality(torch.cat([qg.clamp(min=0), qg.clamp(max=0)], dim=-1),
+                                store.meta, store.n_pages)
+
+
 def _quest_decode_c(q: torch.Tensor, store: PagedKV, budget_pages: int, scale: float,
-                    key_mask: torch.Tensor | None, softcap: float | None) -> torch.Tensor:
+                    key_mask: torch.Tensor | None, softcap: float | None,
+                    combine: str = "max") -> torch.Tensor:
     """The Quest step with the in-place C loops (same page choice and key masks as above)."""
     from longforge.sparse import cpu_kernel as ck
 
     b, hq, d = q.shape
     hkv = store.k.shape[1]
     qg = q.reshape(b, hkv, hq // hkv, d).contiguous()
-    q2 = torch.cat([qg.clamp(min=0), qg.clamp(max=0)], dim=-1)
-    pages = top_pages(ck.group_criticality(q2, store.meta, store.n_pages), budget_pages)
+    pages = _select(q, store, budget_pages, combine, _c_group_scores)
     out = ck.sparse_attention(qg, store.k, store.v, pages, store.page_size,
                               valid_keys(pages, store, key_mask), scale, softcap)
     return out.reshape(b, hq, d)

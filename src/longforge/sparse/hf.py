@@ -31,7 +31,8 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from longforge.models import cache_arg
-from longforge.sparse.policies import H2O, Dense, Policy, Quest, QuestPerHead, StreamingLLM
+from longforge.sparse.policies import (H2O, Dense, Policy, Quest, QuestPerHead, QuestRank,
+                                       StreamingLLM)
 from longforge.sparse.store import PagedKV
 
 ATTN_NAME = "longforge_sparse"
@@ -326,12 +327,14 @@ def quest(model, token_budget: int = 2048, page_size: int = 16, dense_layers: in
           max_len: int | None = None, selection: str = "group"):
     """``with quest(model, token_budget=2048): model.generate(...)`` -- Quest decode attention.
 
-    ``selection``: ``"group"`` (default; pages chosen per KV group, each read once per group) or
-    ``"head"`` (per query head, as on multi-head models; plain-PyTorch, up to G x the reads).
+    ``selection``: ``"group"`` (default; K pages per KV group by the max over its heads, each
+    read once per group), ``"rank"`` (K pages per KV group, the group's heads taking their best
+    pages in turn) or ``"head"`` (K pages per query head, as on multi-head models;
+    plain-PyTorch, up to G x the reads).
     """
-    kinds = {"group": Quest, "head": QuestPerHead}
+    kinds = {"group": Quest, "rank": QuestRank, "head": QuestPerHead}
     if selection not in kinds:
-        raise ValueError(f"selection={selection!r}: choose 'group' or 'head'")
+        raise ValueError(f"selection={selection!r}: choose one of {sorted(kinds)}")
     return sparse_attention(model, kinds[selection](token_budget, page_size, dense_layers), max_len)
 
 

@@ -32,12 +32,19 @@ def criticality(q: torch.Tensor, meta: torch.Tensor, n_pages: int) -> torch.Tens
     return torch.matmul(q2, meta[:, :, :n_pages].transpose(-1, -2))
 
 
-def select_pages(q: torch.Tensor, store: PagedKV, budget_pages: int) -> torch.Tensor:
+def select_pages(q: torch.Tensor, store: PagedKV, budget_pages: int,
+                 combine: str = "max") -> torch.Tensor:
     """Indices ``[B, H_kv, K]`` of the top-K pages per KV group; the last page is always kept.
 
+    ``combine``: ``"max"`` ranks pages by the max over the group's heads of their criticality;
+    ``"rank"`` lets the heads take their best pages in turn (``cpu.top_pages_by_rank``).
     Callers handle ``budget_pages >= n_pages`` (dense) before calling.
     """
     n = store.n_pages
+    if combine == "rank":
+        return cpu.top_pages_by_rank(criticality(q, store.meta, n), max(1, min(budget_pages, n)))
+    if combine != "max":
+        raise ValueError(f"combine={combine!r}: choose 'max' or 'rank'")
     crit = criticality(q, store.meta, n).amax(dim=2)  # [B, H_kv, n]
     crit[..., n - 1] = float("inf")
     k = max(1, min(budget_pages, n))
@@ -84,7 +91,7 @@ def dense_decode_reference(q: torch.Tensor, store: PagedKV, scale: float,
 
 def quest_decode_reference(q: torch.Tensor, store: PagedKV, token_budget: int, scale: float,
                            key_mask: torch.Tensor | None = None,
-                           softcap: float | None = None) -> torch.Tensor:
+                           softcap: float | None = None, combine: str = "max") -> torch.Tensor:
     """One Quest decode step (reference): select the critical pages per KV group, attend over them exactly.
 
     Dense when the context fits the budget. A budget below one page still keeps the last page.
@@ -95,7 +102,7 @@ def quest_decode_reference(q: torch.Tensor, store: PagedKV, token_budget: int, s
         return dense_decode_reference(q, store, scale, key_mask, softcap)
     b, hq, d = q.shape
     hkv = store.k.shape[1]
-    pages = select_pages(q, store, budget_pages)
+    pages = select_pages(q, store, budget_pages, combine)
     k, v = gather_pages(store.k, pages, P), gather_pages(store.v, pages, P)
     pos = token_positions(pages, P)
     valid = pos < store.length
@@ -147,18 +154,22 @@ def _triton():
 
 
 def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: float,
-                 key_mask: torch.Tensor | None = None, softcap: float | None = None) -> torch.Tensor:
+                 key_mask: torch.Tensor | None = None, softcap: float | None = None,
+                 combine: str = "max") -> torch.Tensor:
     """One Quest decode step: select the critical pages per KV group, attend over them exactly.
 
     Dense when the context fits the budget. A budget below one page still keeps the last page.
-    CUDA: the Triton kernels (reference if they do not import); otherwise the CPU path.
+    CUDA: the Triton kernels (the reference if they do not import, or for ``combine="rank"``,
+    which has no Triton kernel); otherwise the CPU path.
     """
+    if combine not in ("max", "rank"):
+        raise ValueError(f"combine={combine!r}: choose 'max' or 'rank'")
     if q.is_cuda:
-        fast = _triton()
+        fast = _triton() if combine == "max" else None
         if fast is not None:
             return fast(q, store, token_budget, scale, key_mask, softcap)
-        return quest_decode_reference(q, store, token_budget, scale, key_mask, softcap)
-    return cpu.quest_decode(q, store, token_budget, scale, key_mask, softcap)
+        return quest_decode_reference(q, store, token_budget, scale, key_mask, softcap, combine)
+    return cpu.quest_decode(q, store, token_budget, scale, key_mask, softcap, combine)
 
 
 def dense_decode(q: torch.Tensor, store: PagedKV, scale: float, key_mask: torch.Tensor | None = None,

@@ -9,6 +9,8 @@ them. When a row's context fits the budget, every policy is dense.
 * ``Dense``: every token (the baseline; ``ops.dense_decode``).
 * ``Quest``: per step, the top ``token_budget / page_size`` pages by criticality, chosen per KV
   group (max over the group's query heads), the last page always kept (``ops.quest_decode``).
+* ``QuestRank`` (``"quest-rank"``): per-group selection of K pages, but the group's heads take
+  their best pages in turn instead of ranking pages by the max over heads (same bytes read).
 * ``QuestPerHead`` (``"quest-head"``): Quest with the pages chosen per query head instead of
   per KV group (``ops.quest_decode_per_head``): the GQA ablation; up to G times the pages read.
 * ``StreamingLLM``: the first ``sinks`` tokens of each row plus the most recent
@@ -83,6 +85,15 @@ class Quest(Policy):
 
 
 @dataclass
+class QuestRank(Quest):
+    name = "quest-rank"
+
+    @staticmethod
+    def _decode(*args):
+        return quest_decode(*args, combine="rank")
+
+
+@dataclass
 class QuestPerHead(Quest):
     name = "quest-head"
 
@@ -149,7 +160,7 @@ class H2O(Policy):
         return out
 
 
-POLICIES = {"dense": Dense, "quest": Quest, "quest-head": QuestPerHead,
+POLICIES = {"dense": Dense, "quest": Quest, "quest-rank": QuestRank, "quest-head": QuestPerHead,
             "streaming": StreamingLLM, "h2o": H2O}
 
 
