@@ -202,3 +202,20 @@ def test_rank_combine_equals_reference(kernel, b, hq, hkv, n, budget):
     assert torch.allclose(got, want, atol=1e-5)
     with pytest.raises(ValueError, match="combine"):
         ops.quest_decode(q, st, budget, 0.3, combine="sum")
+
+
+@pytest.mark.parametrize("k", [1, 5, 13, 40])
+def test_rank_selection_equals_taking_turns_by_hand(k):
+    crit = torch.randn(2, 3, 4, 40, generator=torch.Generator().manual_seed(k))
+    got = cpu.top_pages_by_rank(crit, k)
+    for b in range(2):
+        for h in range(3):
+            c = crit[b, h].clone()
+            c[:, -1] = float("inf")
+            orders = [c[g].argsort(descending=True).tolist() for g in range(4)]
+            taken = []
+            for r in range(40):
+                for g in range(4):
+                    if len(taken) < k and orders[g][r] not in taken:
+                        taken.append(orders[g][r])
+            assert sorted(got[b, h].tolist()) == sorted(taken)

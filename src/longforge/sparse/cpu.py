@@ -136,11 +136,14 @@ def top_pages_by_rank(crit: torch.Tensor, budget_pages: int) -> torch.Tensor:
     crit = crit.clone()
     crit[..., -1] = float("inf")
     g, n = crit.shape[-2:]
-    order = crit.argsort(dim=-1, descending=True, stable=True)
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(n, device=crit.device)
-                                            .expand_as(order))
-    turn = (rank * g + torch.arange(g, device=crit.device)[:, None]).amin(dim=-2)  # [B, H_kv, n]
-    return turn.topk(budget_pages, dim=-1, largest=False, sorted=False).indices
+    k = min(budget_pages, n)  # the first K distinct pages in turn all lie in their head's top K
+    top = crit.topk(k, dim=-1, sorted=True).indices  # [B, H_kv, G, k], best first
+    r, h = torch.meshgrid(torch.arange(k, device=crit.device), torch.arange(g, device=crit.device),
+                          indexing="xy")  # [G, k]: head h's choice of rank r comes at turn r*G+h
+    turn = (r * g + h).expand_as(top)
+    first = torch.full((*crit.shape[:-2], n), n * g, dtype=torch.long, device=crit.device)
+    first.scatter_reduce_(-1, top.flatten(-2), turn.flatten(-2), "amin")
+    return first.topk(k, dim=-1, largest=False, sorted=False).indices
 
 
 def gather(x: torch.Tensor, pages: torch.Tensor, page_size: int, name: str) -> torch.Tensor:
