@@ -132,8 +132,8 @@ def top_pages_by_rank(crit: torch.Tensor, budget_pages: int) -> torch.Tensor:
     a page already taken is skipped) until K are chosen; the last page always kept.
 
     The group still reads K pages, but every head's top pages are among them: with the max over
-    heads, one head's loose upper bounds can fill all K slots."""
-    crit = crit.clone()
+    heads, one head's loose upper bounds can fill all K slots. Like :func:`top_pages`, it sets
+    the last page's scores to inf in place."""
     crit[..., -1] = float("inf")
     g, n = crit.shape[-2:]
     k = min(budget_pages, n)  # the first K distinct pages in turn all lie in their head's top K
@@ -216,7 +216,7 @@ def _select(q: torch.Tensor, store: PagedKV, budget_pages: int, combine: str,
     if combine == "max":
         return top_pages(group_scores(q, store), budget_pages)
     if combine == "rank":
-        return top_pages_by_rank(head_scores(q, store).transpose(-1, -2), budget_pages)
+        return top_pages_by_rank(head_scores(q, store).transpose(-1, -2).contiguous(), budget_pages)
     raise ValueError(f"combine={combine!r}: choose 'max' or 'rank'")
 
 
