@@ -15,7 +15,9 @@ app = typer.Typer(help="Evaluate decode-time KV policies (dense, Quest, Streamin
                   no_args_is_help=True)
 
 _MODEL = typer.Option("gemma-3-270m", help="Model spec (see longforge.models).")
-_METHODS = typer.Option("dense,quest,streaming,h2o", help="Comma-separated policies.")
+_METHODS = typer.Option("dense,quest,streaming,h2o",
+                        help="Comma-separated policies: dense, quest, quest-rank, quest-head "
+                             "(the GQA selection ablations), streaming, h2o.")
 _BUDGETS = typer.Option("1/16,1/8,1/4", help="Token budgets: tokens (512) or fractions of the "
                                              "context length (1/8), comma-separated.")
 _PAGE = typer.Option(16, help="Quest page size (tokens).")
