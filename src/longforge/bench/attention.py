@@ -107,8 +107,8 @@ def quest_kernels(device: torch.device, kernels: list[str]) -> list[str]:
             raise ValueError("the Triton kernels do not import on this machine; nothing to time")
         return ["triton"]
     for k in kernels:
-        if k not in ("torch", "c"):
-            raise ValueError(f"unknown CPU kernel {k!r}; choose from torch, c")
+        if k not in cpu.IMPLEMENTATIONS:
+            raise ValueError(f"unknown CPU kernel {k!r}; choose from {cpu.IMPLEMENTATIONS}")
         if k == "c":
             cpu_kernel.library()  # builds it now (a clear error if it cannot be built)
     return list(kernels)

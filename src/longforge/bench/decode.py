@@ -263,8 +263,8 @@ def _line(r: dict) -> str:
 
 def run(s: Settings) -> dict:
     """Both parts; returns ``{"meta": ..., "rows": [...]}`` (nothing written)."""
-    if s.kernel not in ("torch", "c"):
-        raise ValueError(f"unknown CPU kernel {s.kernel!r}; choose torch or c")
+    if s.kernel not in cpu.IMPLEMENTATIONS:
+        raise ValueError(f"unknown CPU kernel {s.kernel!r}; choose one of {cpu.IMPLEMENTATIONS}")
     torch.manual_seed(s.seed)
     device = torch.device("cpu")
     env = common.environment(device)

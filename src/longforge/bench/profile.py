@@ -61,14 +61,12 @@ def torch_stages(q, store, budget_pages, scale):
 
 def c_stages(q, store, budget_pages, scale):
     """The C-kernel step of ``cpu._quest_decode_c`` (no mask, no softcap), stage by stage."""
-
     b, hq, d = q.shape
     hkv, P = store.k.shape[1], store.page_size
     qg = q.reshape(b, hkv, hq // hkv, d).contiguous()
 
     def crit(_):
-        q2 = torch.cat([qg.clamp(min=0), qg.clamp(max=0)], dim=-1)
-        return cpu_kernel.group_criticality(q2, store.meta, store.n_pages)
+        return cpu_kernel.group_criticality(cpu.split_signs(qg), store.meta, store.n_pages)
 
     return [
         ("criticality", crit),

@@ -37,7 +37,9 @@ from longforge.sparse.store import PagedKV
 
 log = logging.getLogger(__name__)
 
-KERNELS = ("auto", "torch", "c")
+IMPLEMENTATIONS = ("torch", "c")  # what "auto" resolves to; the benchmarks time each
+KERNELS = ("auto", *IMPLEMENTATIONS)
+COMBINES = ("max", "rank")  # how a KV group's heads choose its pages (see ``_select``)
 _KERNEL = {"name": os.environ.get("LONGFORGE_CPU_KERNEL", "auto")}
 _AUTO: dict = {}  # "auto" resolved once per process
 
@@ -106,12 +108,21 @@ def _buffer(name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
     return buf[:n].view(shape)
 
 
+def check_combine(combine: str) -> None:
+    if combine not in COMBINES:
+        raise ValueError(f"combine={combine!r}: choose one of {COMBINES}")
+
+
+def split_signs(qg: torch.Tensor) -> torch.Tensor:
+    """``[relu(q), min(q, 0)]`` along the last dim: criticality is this times ``[max, min]``."""
+    return torch.cat([qg.clamp(min=0), qg.clamp(max=0)], dim=-1)
+
+
 def head_scores(q: torch.Tensor, store: PagedKV) -> torch.Tensor:
     """Per-head page criticality ``[B, H_kv, n_pages, G]`` (metadata on the left)."""
     b, hq, d = q.shape
     hkv = store.meta.shape[1]
-    qg = q.view(b, hkv, hq // hkv, d).to(store.meta.dtype)
-    q2 = torch.cat([qg.clamp(min=0), qg.clamp(max=0)], dim=-1)  # [B, H_kv, G, 2D]
+    q2 = split_signs(q.view(b, hkv, hq // hkv, d).to(store.meta.dtype))  # [B, H_kv, G, 2D]
     return torch.matmul(store.meta[:, :, : store.n_pages], q2.transpose(-1, -2))
 
 
@@ -194,6 +205,7 @@ def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: floa
                  key_mask: torch.Tensor | None = None, softcap: float | None = None,
                  combine: str = "max") -> torch.Tensor:
     """One Quest decode step on the CPU (contract of ``ops.quest_decode``)."""
+    check_combine(combine)
     budget_pages = max(1, token_budget // store.page_size)
     if store.n_pages <= budget_pages:
         return dense_decode(q, store, scale, key_mask, softcap)
@@ -201,7 +213,7 @@ def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: floa
         return _quest_decode_c(q, store, budget_pages, scale, key_mask, softcap, combine)
     b, hq, d = q.shape
     hkv = store.k.shape[1]
-    pages = _select(q, store, budget_pages, combine, page_scores)
+    pages = _select(q, store, budget_pages, combine, lambda: page_scores(q, store))
     k = gather(store.k, pages, store.page_size, "k")
     v = gather(store.v, pages, store.page_size, "v")
     out = attend(q.view(b, hkv, hq // hkv, d), k, v, valid_keys(pages, store, key_mask), scale,
@@ -211,23 +223,12 @@ def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: floa
 
 def _select(q: torch.Tensor, store: PagedKV, budget_pages: int, combine: str,
             group_scores) -> torch.Tensor:
-    """Pages ``[B, H_kv, K]``: by ``group_scores(q, store)`` (max over the group's heads) or, for
-    ``combine="rank"``, by :func:`top_pages_by_rank` over the per-head criticality."""
-    if combine == "max":
-        return top_pages(group_scores(q, store), budget_pages)
+    """Pages ``[B, H_kv, K]``: by ``group_scores()`` (max over the group's heads, computed by
+    the calling kernel) or, for ``combine="rank"``, by :func:`top_pages_by_rank` over the
+    per-head criticality."""
     if combine == "rank":
         return top_pages_by_rank(head_scores(q, store).transpose(-1, -2).contiguous(), budget_pages)
-    raise ValueError(f"combine={combine!r}: choose 'max' or 'rank'")
-
-
-def _c_group_scores(q: torch.Tensor, store: PagedKV) -> torch.Tensor:
-    from longforge.sparse import cpu_kernel as ck
-
-    b, hq, d = q.shape
-    hkv = store.k.shape[1]
-    qg = q.reshape(b, hkv, hq // hkv, d).contiguous()
-    return ck.group_criticality(torch.cat([qg.clamp(min=0), qg.clamp(max=0)], dim=-1),
-                                store.meta, store.n_pages)
+    return top_pages(group_scores(), budget_pages)
 
 
 def _quest_decode_c(q: torch.Tensor, store: PagedKV, budget_pages: int, scale: float,
@@ -239,7 +240,8 @@ def _quest_decode_c(q: torch.Tensor, store: PagedKV, budget_pages: int, scale: f
     b, hq, d = q.shape
     hkv = store.k.shape[1]
     qg = q.reshape(b, hkv, hq // hkv, d).contiguous()
-    pages = _select(q, store, budget_pages, combine, _c_group_scores)
+    pages = _select(q, store, budget_pages, combine, lambda: ck.group_criticality(
+        split_signs(qg), store.meta, store.n_pages))
     out = ck.sparse_attention(qg, store.k, store.v, pages, store.page_size,
                               valid_keys(pages, store, key_mask), scale, softcap)
     return out.reshape(b, hq, d)

@@ -28,7 +28,7 @@ def criticality(q: torch.Tensor, meta: torch.Tensor, n_pages: int) -> torch.Tens
     b, hq, d = q.shape
     hkv = meta.shape[1]
     qg = q.view(b, hkv, hq // hkv, d)
-    q2 = torch.cat([qg.clamp(min=0), qg.clamp(max=0)], dim=-1).to(meta.dtype)
+    q2 = cpu.split_signs(qg).to(meta.dtype)
     return torch.matmul(q2, meta[:, :, :n_pages].transpose(-1, -2))
 
 
@@ -40,14 +40,14 @@ def select_pages(q: torch.Tensor, store: PagedKV, budget_pages: int,
     ``"rank"`` lets the heads take their best pages in turn (``cpu.top_pages_by_rank``).
     Callers handle ``budget_pages >= n_pages`` (dense) before calling.
     """
+    cpu.check_combine(combine)
     n = store.n_pages
-    if combine == "rank":
-        return cpu.top_pages_by_rank(criticality(q, store.meta, n), max(1, min(budget_pages, n)))
-    if combine != "max":
-        raise ValueError(f"combine={combine!r}: choose 'max' or 'rank'")
-    crit = criticality(q, store.meta, n).amax(dim=2)  # [B, H_kv, n]
-    crit[..., n - 1] = float("inf")
+    crit = criticality(q, store.meta, n)  # [B, H_kv, G, n]
     k = max(1, min(budget_pages, n))
+    if combine == "rank":
+        return cpu.top_pages_by_rank(crit, k)
+    crit = crit.amax(dim=2)  # [B, H_kv, n]
+    crit[..., n - 1] = float("inf")
     return crit.topk(k, dim=-1, sorted=False).indices
 
 
@@ -96,6 +96,7 @@ def quest_decode_reference(q: torch.Tensor, store: PagedKV, token_budget: int, s
 
     Dense when the context fits the budget. A budget below one page still keeps the last page.
     """
+    cpu.check_combine(combine)
     P = store.page_size
     budget_pages = max(1, token_budget // P)
     if store.n_pages <= budget_pages:
@@ -125,9 +126,7 @@ def quest_decode_per_head(q: torch.Tensor, store: PagedKV, token_budget: int, sc
         return dense_decode_reference(q, store, scale, key_mask, softcap)
     b, hq, d = q.shape
     g = hq // store.k.shape[1]
-    crit = criticality(q, store.meta, n)  # [B, H_kv, G, n]
-    crit[..., n - 1] = float("inf")
-    pages = crit.topk(budget_pages, dim=-1, sorted=False).indices.view(b, hq, budget_pages)
+    pages = cpu.top_pages(criticality(q, store.meta, n), budget_pages).view(b, hq, budget_pages)
     pos = token_positions(pages, P)  # [B, H_q, K*P]
     bi = torch.arange(b, device=q.device)[:, None, None]
     kv_head = (torch.arange(hq, device=q.device) // g)[None, :, None]
@@ -162,8 +161,6 @@ def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: floa
     CUDA: the Triton kernels (the reference if they do not import, or for ``combine="rank"``,
     which has no Triton kernel); otherwise the CPU path.
     """
-    if combine not in ("max", "rank"):
-        raise ValueError(f"combine={combine!r}: choose 'max' or 'rank'")
     if q.is_cuda:
         fast = _triton() if combine == "max" else None
         if fast is not None:
