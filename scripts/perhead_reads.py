@@ -16,7 +16,7 @@ import torch
 from longforge.evals import niah
 from longforge.evals.runner import Method, _seed, run_sample
 from longforge.models import load_model
-from longforge.sparse import ops, policies
+from longforge.sparse import cpu, ops, policies
 from longforge.sparse.hf import sparse_attention
 from longforge.sparse.policies import Dense
 
@@ -35,8 +35,7 @@ def main() -> None:
         K = max(1, budget // store.page_size)
         if store.n_pages > K:
             crit = ops.criticality(q, store.meta, store.n_pages)  # [B, H_kv, G, n]
-            crit[..., -1] = float("inf")
-            pages = crit.topk(K, dim=-1).indices.flatten(2)  # [B, H_kv, G*K]
+            pages = cpu.top_pages(crit, K).flatten(2)  # each head's K pages: [B, H_kv, G*K]
             for row in pages.flatten(0, 1):
                 ratios.append(len(set(row.tolist())) / K)
         return ops.quest_decode_per_head(q, store, budget, *rest)
