@@ -5,8 +5,9 @@
 
 One Quest decode step (fp32, batch 1, cold cache as in ``longforge bench attention``) with the
 pages chosen by the max over each KV group's heads (``max``, the default), by the heads taking
-turns (``rank``: same K pages per group) and per query head (``head``: plain PyTorch, up to G x
-the pages), against dense matmul decode over the same cache. Rounds rotate the order.
+turns (``rank``: same K pages per group) and per query head (``head``: the union of the heads'
+pages read once per group, up to G x the pages), against dense matmul decode over the same
+cache. Rounds rotate the order.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def main() -> None:
                              "speedup": {n: ms["dense"] / ms[n] for n in ("max", "rank", "head")}})
     lines = ["# Quest page selection on CPU: max over heads vs heads in turn vs per head", "",
              f"Command: `python {' '.join(sys.argv)}`", "",
-             f"C kernel for max / rank, plain PyTorch for per head; fp32, batch 1, budget "
+             f"C kernel; fp32, batch 1, budget "
              f"{a.budget}, page {a.page_size}, median of {a.rounds} rounds; speedup over dense "
              "matmul decode of the same run.", "",
              "| shape | context | dense ms | max ms (x) | rank ms (x) | per head ms (x) |",

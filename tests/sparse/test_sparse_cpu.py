@@ -219,3 +219,27 @@ def test_rank_selection_equals_taking_turns_by_hand(k):
                     if len(taken) < k and orders[g][r] not in taken:
                         taken.append(orders[g][r])
             assert sorted(got[b, h].tolist()) == sorted(taken)
+
+
+def test_union_pages_reads_each_chosen_page_once_and_masks_the_others_per_head():
+    top = torch.tensor([[[[3, 1], [1, 4]],     # row 0: union {1, 3, 4}
+                         [[2, 0], [0, 2]]]])   # row 1: union {0, 2}, padded to 3
+    pages, mine = cpu.union_pages(top, n_pages=5)
+    assert pages[0, 0].tolist() == [1, 3, 4]
+    assert mine[0, 0].tolist() == [[True, True, False], [True, False, True]]
+    assert pages[0, 1, :2].tolist() == [0, 2]
+    assert mine[0, 1].tolist() == [[True, True, False], [True, True, False]]  # pad: no head
+
+
+@pytest.mark.parametrize("kernel", ["torch", pytest.param("c", marks=needs_cc)])
+@pytest.mark.parametrize("b,hq,hkv,n,budget", CASES + [(1, 4, 1, 64, 16)])
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_per_head_fast_path_equals_reference(kernel, b, hq, hkv, n, budget, softcap):
+    st = _store(b, hkv, 8, n, seed=11)
+    q = torch.randn(b, hq, 8)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[-1, :6] = False
+    want = ops.quest_decode_per_head_reference(q, st, budget, 0.3, key_mask=mask, softcap=softcap)
+    with cpu.kernel(kernel):
+        got = ops.quest_decode_per_head(q, st, budget, 0.3, key_mask=mask, softcap=softcap)
+    assert torch.allclose(got, want, atol=1e-5)

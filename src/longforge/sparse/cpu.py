@@ -157,6 +157,23 @@ def top_pages_by_rank(crit: torch.Tensor, budget_pages: int) -> torch.Tensor:
     return first.topk(k, dim=-1, largest=False, sorted=False).indices
 
 
+def union_pages(top: torch.Tensor, n_pages: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pages any head of a group chose, each once, ascending: ``top[B, H_kv, G, K]`` ->
+    ``pages [B, H_kv, U]`` and ``mine [B, H_kv, G, U]`` (head g chose page u). U is the largest
+    union in the batch; shorter rows are padded with pages no head attends (``mine`` False)."""
+    flat = top.flatten(-2).sort(dim=-1).values  # [B, H_kv, G*K]
+    dup = torch.zeros_like(flat, dtype=torch.bool)
+    dup[..., 1:] = flat[..., 1:] == flat[..., :-1]
+    order = (flat + dup * n_pages).sort(dim=-1).values  # each page once, then the repeats
+    u = int((~dup).sum(-1).max())
+    pad = order[..., :u] >= n_pages
+    pages = order[..., :u] - pad * n_pages
+    chosen = torch.zeros(*top.shape[:-1], n_pages, dtype=torch.bool, device=top.device)
+    chosen.scatter_(-1, top, True)
+    mine = torch.gather(chosen, -1, pages.unsqueeze(-2).expand(*top.shape[:-1], u))
+    return pages, mine & ~pad.unsqueeze(-2)
+
+
 def gather(x: torch.Tensor, pages: torch.Tensor, page_size: int, name: str) -> torch.Tensor:
     """The selected pages of ``x[B, H, cap, D]`` as ``[B, H, K*P, D]`` (one copy, reused buffer)."""
     b, h, cap, d = x.shape
@@ -189,14 +206,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tenso
     """Softmax attention of ``q[B, H_kv, G, D]`` over ``k, v[B, H_kv, T, D]`` -> ``[B, H_kv, G, D]``.
 
     Keys on the left of both matmuls: ``k @ q^T`` streams ``k`` row by row; ``valid`` is a
-    bool ``[B, H_kv, T]`` (or broadcastable) mask of the keys that may be attended.
+    bool mask of the keys that may be attended: ``[B, H_kv, T]`` (or broadcastable) for all the
+    group's heads, or ``[B, H_kv, T, G]`` per head.
     """
     s = torch.matmul(k, q.transpose(-1, -2))  # [B, H_kv, T, G]
     s.mul_(scale)
     if softcap:
         s = torch.tanh(s / softcap) * softcap
     if valid is not None:
-        s.masked_fill_(~valid[..., None], float("-inf"))
+        s.masked_fill_(~(valid if valid.dim() == s.dim() else valid[..., None]), float("-inf"))
     p = torch.softmax(s, dim=-2, dtype=torch.float32).to(v.dtype)
     return torch.matmul(p.transpose(-1, -2), v)
 
@@ -209,7 +227,7 @@ def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: floa
     budget_pages = max(1, token_budget // store.page_size)
     if store.n_pages <= budget_pages:
         return dense_decode(q, store, scale, key_mask, softcap)
-    if get_kernel() == "c" and store.k.dtype == torch.float32 and q.dtype == torch.float32:
+    if _use_c(q, store):
         return _quest_decode_c(q, store, budget_pages, scale, key_mask, softcap, combine)
     b, hq, d = q.shape
     hkv = store.k.shape[1]
@@ -219,6 +237,43 @@ def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: floa
     out = attend(q.view(b, hkv, hq // hkv, d), k, v, valid_keys(pages, store, key_mask), scale,
                  softcap)
     return out.reshape(b, hq, d)
+
+
+def quest_decode_per_head(q: torch.Tensor, store: PagedKV, token_budget: int, scale: float,
+                          key_mask: torch.Tensor | None = None,
+                          softcap: float | None = None) -> torch.Tensor:
+    """Quest with pages chosen per query head (contract of ``ops.quest_decode_per_head``).
+
+    Each head takes its own top-K pages; the group reads the union of its heads' pages once
+    (:func:`union_pages`) and each head attends over its own pages only, through a per-head key
+    mask."""
+    P = store.page_size
+    budget_pages = max(1, token_budget // P)
+    if store.n_pages <= budget_pages:
+        return dense_decode(q, store, scale, key_mask, softcap)
+    b, hq, d = q.shape
+    hkv = store.k.shape[1]
+    qg = q.reshape(b, hkv, hq // hkv, d)
+    top = top_pages(head_scores(q, store).transpose(-1, -2).contiguous(), budget_pages)
+    pages, mine = union_pages(top, store.n_pages)
+    valid = mine.repeat_interleave(P, dim=-1)  # [B, H_kv, G, U*P]
+    keys = valid_keys(pages, store, key_mask)
+    if keys is not None:
+        valid &= keys[:, :, None]
+    if _use_c(q, store):
+        from longforge.sparse import cpu_kernel as ck
+
+        out = ck.sparse_attention(qg.contiguous(), store.k, store.v, pages, P, valid, scale,
+                                  softcap)
+    else:
+        out = attend(qg, gather(store.k, pages, P, "k"), gather(store.v, pages, P, "v"),
+                     valid.transpose(-1, -2), scale, softcap)
+    return out.reshape(b, hq, d)
+
+
+def _use_c(q: torch.Tensor, store: PagedKV) -> bool:
+    """The C kernel is chosen and takes these tensors (fp32 only)."""
+    return get_kernel() == "c" and store.k.dtype == torch.float32 and q.dtype == torch.float32
 
 
 def _select(q: torch.Tensor, store: PagedKV, budget_pages: int, combine: str,

@@ -178,12 +178,15 @@ void group_criticality(const float *meta, const float *q2, float *scores, int64_
 /* Softmax attention of q[bh] (g_n heads) over the pages[bh, :] of k and v, read in place, with an
    online softmax (flash-decoding): work item i = (bh, chunk of pages) writes its running max
    m[i, g], sum l[i, g] and unnormalised output acc[i, g, :]; the caller merges the chunks.
-   valid (uint8 [rows, k_n * P], or NULL): keys that may be attended; softcap 0: none. */
+   valid (or NULL): keys that may be attended, uint8 [rows, k_n * P] shared by the group's heads,
+   or with per_head uint8 [rows, g_n, k_n * P] (a page no head may attend is not read);
+   softcap 0: none. */
 void sparse_attention(const float *q, const float *k, const float *v, const int64_t *pages,
                       const uint8_t *valid, float *m, float *l, float *acc, int64_t rows,
                       int64_t k_n, int64_t chunks, int64_t cap, int P, int g_n, int d,
-                      float scale, float softcap, int threads) {
+                      float scale, float softcap, int per_head, int threads) {
     int64_t per = (k_n + chunks - 1) / chunks;
+    int64_t hs = per_head ? k_n * P : 0;  /* stride between the heads' masks */
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < rows * chunks; i++) {
         int64_t bh = i / chunks, c = i % chunks;
@@ -194,6 +197,12 @@ void sparse_attention(const float *q, const float *k, const float *v, const int6
         for (int g = 0; g < g_n; g++) { mi[g] = -INFINITY; li[g] = 0.f; }
         for (int x = 0; x < g_n * d; x++) ai[x] = 0.f;
         for (int64_t j = c * per; j < end; j++) {
+            const uint8_t *ok = valid ? valid + (bh * (per_head ? g_n : 1) * k_n + j) * P : 0;
+            if (per_head) {
+                int any = 0;
+                for (int x = 0; x < g_n * P && !any; x++) any = ok[(x / P) * hs + x % P];
+                if (!any) continue;
+            }
             int64_t row0 = (bh * cap + pages[bh * k_n + j] * P) * d;
             if (j + 1 < end) {  /* the next page into L2 while this one is computed */
                 int64_t nxt = (bh * cap + pages[bh * k_n + j + 1] * P) * d;
@@ -201,13 +210,13 @@ void sparse_attention(const float *q, const float *k, const float *v, const int6
                 prefetch(v + nxt, (int64_t)P * d);
             }
             for (int t = 0; t < P; t++) dots(k + row0 + t * d, qh, d, g_n, s + t, P);
-            const uint8_t *ok = valid ? valid + (bh * k_n + j) * P : 0;
             for (int g = 0; g < g_n; g++) {
                 float *sg = s + g * P, mx = mi[g];
+                const uint8_t *okg = ok ? ok + g * hs : 0;
                 for (int t = 0; t < P; t++) {
                     float x = sg[t] * scale;
                     if (softcap > 0.f) x = tanhf(x / softcap) * softcap;
-                    sg[t] = (ok && !ok[t]) ? -INFINITY : x;
+                    sg[t] = (okg && !okg[t]) ? -INFINITY : x;
                     mx = fmaxf(mx, sg[t]);
                 }
                 if (mx == -INFINITY) { for (int t = 0; t < P; t++) sg[t] = 0.f; continue; }
@@ -227,7 +236,7 @@ _I64, _INT, _PTR = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
 _F32 = ctypes.c_float
 _SIGNATURES = {
     "group_criticality": [_PTR, _PTR, _PTR, _I64, _I64, _I64, _INT, _INT, _INT],
-    "sparse_attention": [_PTR] * 8 + [_I64] * 4 + [_INT] * 3 + [_F32, _F32, _INT],
+    "sparse_attention": [_PTR] * 8 + [_I64] * 4 + [_INT] * 3 + [_F32, _F32, _INT, _INT],
 }
 
 
@@ -309,7 +318,9 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pages: t
                      page_size: int, valid: torch.Tensor | None, scale: float,
                      softcap: float | None) -> torch.Tensor:
     """Softmax attention ``[B, H_kv, G, D]`` of ``q[B, H_kv, G, D]`` over the selected pages of
-    ``k, v[B, H_kv, cap, D]`` (read in place); ``valid``: bool ``[B, H_kv, K*P]`` or None.
+    ``k, v[B, H_kv, cap, D]`` (read in place); ``valid``: bool ``[B, H_kv, K*P]`` (the group's
+    heads share it), ``[B, H_kv, G, K*P]`` (one mask per head; a page no head may attend is
+    skipped) or None.
 
     Work is split into (row, chunk of pages) items, at least two per thread; each keeps its own
     running max / sum / output (online softmax) and the chunks are merged exactly here.
@@ -326,7 +337,8 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pages: t
     library().sparse_attention(_ptr(q), _ptr(k), _ptr(v), _ptr(pages),
                                None if mask is None else _ptr(mask), _ptr(m), _ptr(l), _ptr(acc),
                                b * h, kn, chunks, k.shape[2], page_size, g, d, scale,
-                               softcap or 0.0, threads)
+                               softcap or 0.0, int(valid is not None and valid.dim() == 4),
+                               threads)
     if chunks == 1:
         return acc[:, :, 0] / l[:, :, 0, :, None]
     w = torch.exp(m - m.amax(dim=2, keepdim=True))

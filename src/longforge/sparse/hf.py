@@ -329,8 +329,8 @@ def quest(model, token_budget: int = 2048, page_size: int = 16, dense_layers: in
 
     ``selection``: ``"group"`` (default; K pages per KV group by the max over its heads, each
     read once per group), ``"rank"`` (K pages per KV group, the group's heads taking their best
-    pages in turn) or ``"head"`` (K pages per query head, as on multi-head models;
-    plain-PyTorch, up to G x the reads).
+    pages in turn) or ``"head"`` (K pages per query head, as on multi-head models; a group
+    reads the union of its heads' pages, up to G x the bytes).
     """
     kinds = {"group": Quest, "rank": QuestRank, "head": QuestPerHead}
     if selection not in kinds:

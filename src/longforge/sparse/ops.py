@@ -13,7 +13,8 @@ A group's score for a page is the **max** over its query heads of their critical
 is critical to any head of the group is kept (the max of per-head upper bounds is an upper bound
 of max_g q_g.k for every key k in the page). ``quest_decode_per_head`` is the other choice, for
 comparison: every query head takes its own top-K pages (as Quest does on multi-head models),
-reading up to G times as many pages per group; it has this plain-PyTorch implementation only.
+so a group reads the union of its heads' pages, up to G times as many. Its fast path is on the
+CPU (``cpu.quest_decode_per_head``); CUDA runs the reference.
 """
 from __future__ import annotations
 
@@ -114,11 +115,12 @@ def quest_decode_reference(q: torch.Tensor, store: PagedKV, token_budget: int, s
     return out.reshape(b, hq, d)
 
 
-def quest_decode_per_head(q: torch.Tensor, store: PagedKV, token_budget: int, scale: float,
-                          key_mask: torch.Tensor | None = None,
-                          softcap: float | None = None) -> torch.Tensor:
-    """Quest with pages chosen **per query head**: each head attends exactly over its own top-K
-    pages by its own criticality (the last page always kept; dense when the context fits)."""
+def quest_decode_per_head_reference(q: torch.Tensor, store: PagedKV, token_budget: int,
+                                    scale: float, key_mask: torch.Tensor | None = None,
+                                    softcap: float | None = None) -> torch.Tensor:
+    """Quest with pages chosen **per query head** (reference): each head attends exactly over
+    its own top-K pages by its own criticality (the last page always kept; dense when the
+    context fits), gathered per head."""
     P = store.page_size
     budget_pages = max(1, token_budget // P)
     n = store.n_pages
@@ -167,6 +169,17 @@ def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: floa
             return fast(q, store, token_budget, scale, key_mask, softcap)
         return quest_decode_reference(q, store, token_budget, scale, key_mask, softcap, combine)
     return cpu.quest_decode(q, store, token_budget, scale, key_mask, softcap, combine)
+
+
+def quest_decode_per_head(q: torch.Tensor, store: PagedKV, token_budget: int, scale: float,
+                          key_mask: torch.Tensor | None = None,
+                          softcap: float | None = None) -> torch.Tensor:
+    """One Quest decode step with pages chosen per query head: each head attends over its own
+    top-K pages; a group reads the union of its heads' pages. CPU: the fast path; CUDA: the
+    reference (no Triton kernel)."""
+    if q.is_cuda:
+        return quest_decode_per_head_reference(q, store, token_budget, scale, key_mask, softcap)
+    return cpu.quest_decode_per_head(q, store, token_budget, scale, key_mask, softcap)
 
 
 def dense_decode(q: torch.Tensor, store: PagedKV, scale: float, key_mask: torch.Tensor | None = None,

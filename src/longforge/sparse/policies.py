@@ -12,7 +12,8 @@ them. When a row's context fits the budget, every policy is dense.
 * ``QuestRank`` (``"quest-rank"``): per-group selection of K pages, but the group's heads take
   their best pages in turn instead of ranking pages by the max over heads (same bytes read).
 * ``QuestPerHead`` (``"quest-head"``): Quest with the pages chosen per query head instead of
-  per KV group (``ops.quest_decode_per_head``): the GQA ablation; up to G times the pages read.
+  per KV group (``ops.quest_decode_per_head``): the GQA ablation; a group reads the union of
+  its heads' pages, up to G times as many.
 * ``StreamingLLM``: the first ``sinks`` tokens of each row plus the most recent
   ``token_budget - sinks`` tokens. Keys keep the rotary positions they were cached with (no
   re-indexing of positions inside the window, as in kvpress); evicted tokens are never read.
