@@ -12,6 +12,7 @@ cache. Rounds rotate the order.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def main() -> None:
     ap.add_argument("--shapes", default="32/8x128,4/1x256")
     ap.add_argument("--contexts", default="32768,131072")
     ap.add_argument("--budget", type=int, default=2048)
-    ap.add_argument("--page-size", type=int, default=16)
+    ap.add_argument("--page-sizes", default="16,8")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--out", default=None, help="write <out>.json and <out>.md")
     a = ap.parse_args()
@@ -38,8 +39,9 @@ def main() -> None:
     rows = []
     with cpu.kernel("c"):
         for shape in map(parse_shape, a.shapes.split(",")):
-            for L in map(int, a.contexts.split(",")):
-                store = filled_store(shape, L, a.page_size, dev, torch.float32)
+            for L, page in itertools.product(map(int, a.contexts.split(",")),
+                                             map(int, a.page_sizes.split(","))):
+                store = filled_store(shape, L, page, dev, torch.float32)
                 q = torch.randn(1, shape.heads_q, shape.head_dim)
                 s = shape.head_dim ** -0.5
                 fns = {"dense": lambda: cpu.dense_decode(q, store, s),
@@ -55,18 +57,19 @@ def main() -> None:
                             times[n].append(t)
                 ms = {n: common.median_ms(t) for n, t in times.items()}
                 rows.append({"shape": shape.label, "context": L, "budget": a.budget,
-                             "page_size": a.page_size, "ms": ms,
+                             "page_size": page, "ms": ms,
                              "speedup": {n: ms["dense"] / ms[n] for n in ("max", "rank", "head")}})
     lines = ["# Quest page selection on CPU: max over heads vs heads in turn vs per head", "",
              f"Command: `python {' '.join(sys.argv)}`", "",
              f"C kernel; fp32, batch 1, budget "
-             f"{a.budget}, page {a.page_size}, median of {a.rounds} rounds; speedup over dense "
+             f"{a.budget}, median of {a.rounds} rounds; speedup over dense "
              "matmul decode of the same run.", "",
-             "| shape | context | dense ms | max ms (x) | rank ms (x) | per head ms (x) |",
-             "|---|---|---|---|---|---|"]
+             "| shape | context | page | dense ms | max ms (x) | rank ms (x) | per head ms (x) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         m, x = r["ms"], r["speedup"]
-        lines.append(f"| {r['shape']} | {r['context'] // 1024}K | {m['dense']:.2f} | "
+        lines.append(f"| {r['shape']} | {r['context'] // 1024}K | {r['page_size']} | "
+                     f"{m['dense']:.2f} | "
                      f"{m['max']:.2f} ({x['max']:.1f}x) | {m['rank']:.2f} ({x['rank']:.1f}x) | "
                      f"{m['head']:.2f} ({x['head']:.1f}x) |")
     text = "\n".join(lines) + "\n"

@@ -80,3 +80,20 @@ def test_half_precision_inputs():
     got = tk.quest_decode_triton(q, st, 20, 0.25)
     assert got.dtype == torch.float16
     assert torch.allclose(got.float(), want, atol=2e-2)
+
+
+@pytest.mark.parametrize("budget", [1, 8, 20, 1000])
+@pytest.mark.parametrize("masked", [False, True])
+def test_gqa_selection_ablations_match_reference(budget, masked):
+    st = _store(seed=3)
+    q = _randn(2, 6, 16)  # G = 3
+    mask = None
+    if masked:
+        mask = torch.ones(2, st.length, dtype=torch.bool, device=DEVICE)
+        mask[0, :9] = False
+    want = REF(q, st, budget, 0.25, mask, combine="rank")
+    got = tk.quest_decode_triton(q, st, budget, 0.25, mask, combine="rank")
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    want = ops.quest_decode_per_head_reference(q, st, budget, 0.25, mask)
+    got = tk.quest_decode_per_head_triton(q, st, budget, 0.25, mask)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()

@@ -13,8 +13,7 @@ A group's score for a page is the **max** over its query heads of their critical
 is critical to any head of the group is kept (the max of per-head upper bounds is an upper bound
 of max_g q_g.k for every key k in the page). ``quest_decode_per_head`` is the other choice, for
 comparison: every query head takes its own top-K pages (as Quest does on multi-head models),
-so a group reads the union of its heads' pages, up to G times as many. Its fast path is on the
-CPU (``cpu.quest_decode_per_head``); CUDA runs the reference.
+so a group reads the union of its heads' pages, up to G times as many.
 """
 from __future__ import annotations
 
@@ -146,12 +145,12 @@ def _pad_mask(key_mask: torch.Tensor, capacity: int) -> torch.Tensor:
 
 
 def _triton():
-    """``triton_kernels.quest_decode_triton`` if it imports, else None."""
+    """``longforge.sparse.triton_kernels`` if it imports, else None."""
     try:
-        from longforge.sparse.triton_kernels import quest_decode_triton
+        from longforge.sparse import triton_kernels
     except Exception:  # no triton, or no usable GPU toolchain
         return None
-    return quest_decode_triton
+    return triton_kernels
 
 
 def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: float,
@@ -160,13 +159,13 @@ def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: floa
     """One Quest decode step: select the critical pages per KV group, attend over them exactly.
 
     Dense when the context fits the budget. A budget below one page still keeps the last page.
-    CUDA: the Triton kernels (the reference if they do not import, or for ``combine="rank"``,
-    which has no Triton kernel); otherwise the CPU path.
+    CUDA: the Triton kernels (the reference if they do not import); otherwise the CPU path.
     """
     if q.is_cuda:
-        fast = _triton() if combine == "max" else None
-        if fast is not None:
-            return fast(q, store, token_budget, scale, key_mask, softcap)
+        tk = _triton()
+        if tk is not None:
+            cpu.check_combine(combine)
+            return tk.quest_decode_triton(q, store, token_budget, scale, key_mask, softcap, combine)
         return quest_decode_reference(q, store, token_budget, scale, key_mask, softcap, combine)
     return cpu.quest_decode(q, store, token_budget, scale, key_mask, softcap, combine)
 
@@ -176,8 +175,12 @@ def quest_decode_per_head(q: torch.Tensor, store: PagedKV, token_budget: int, sc
                           softcap: float | None = None) -> torch.Tensor:
     """One Quest decode step with pages chosen per query head: each head attends over its own
     top-K pages; a group reads the union of its heads' pages. CPU: the fast path; CUDA: the
-    reference (no Triton kernel)."""
+    Triton kernels (the reference if they do not import)."""
     if q.is_cuda:
+        tk = _triton()
+        if tk is not None:
+            return tk.quest_decode_per_head_triton(q, store, token_budget, scale, key_mask,
+                                                   softcap)
         return quest_decode_per_head_reference(q, store, token_budget, scale, key_mask, softcap)
     return cpu.quest_decode_per_head(q, store, token_budget, scale, key_mask, softcap)
 

@@ -8,7 +8,10 @@ Four steps, one idea each:
 1. :func:`update_meta` -- per touched page, the element-wise max / min of its keys.
 2. :func:`criticality` -- per page, ``sum_d max(q_d*max_d, q_d*min_d)`` for each query head
    of the KV group, reduced by max over the group (one selection per KV group).
-3. top-K -- ``torch.topk`` over the group scores (the last page forced in).
+3. top-K -- ``torch.topk`` over the group scores (the last page forced in). The GQA ablations
+   choose in torch from per-head scores: ``combine="rank"`` (heads take pages in turn) and
+   :func:`quest_decode_per_head_triton` (each head its own pages; the group's union is read
+   once, with a per-head mask in step 4).
 4. :func:`sparse_attention` -- split-K flash-decoding over the selected pages: each program
    runs an online softmax over its share of pages for all G heads of its group, writing a
    partial (max, sum, accumulator); a small combine step merges the splits exactly.
@@ -21,6 +24,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from longforge.sparse import cpu
 
 
 def _pow2(n: int) -> int:
@@ -100,13 +105,13 @@ def criticality(q: torch.Tensor, meta: torch.Tensor, n_pages: int, block_pages: 
 
 # ----------------------------------------------------------------------------- 4. attention
 @triton.jit
-def _sparse_attn_kernel(Q, K, V, PAGES, MASK, ACC, M, L,
+def _sparse_attn_kernel(Q, K, V, PAGES, MASK, HMASK, ACC, M, L,
                         n_sel, per_split, length, scale, softcap,
-                        sqb, sqh, skb, skh, skt, spb, sph, smask,
+                        sqb, sqh, skb, skh, skt, spb, sph, smask, shb, shh, shg,
                         sab, sah, sas, smb, smh, sms,
                         H: tl.constexpr, G: tl.constexpr, BG: tl.constexpr,
                         P: tl.constexpr, D: tl.constexpr,
-                        HAS_MASK: tl.constexpr, SOFTCAP: tl.constexpr):
+                        HAS_MASK: tl.constexpr, HEAD_MASK: tl.constexpr, SOFTCAP: tl.constexpr):
     bh, split = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     g = tl.arange(0, BG)
@@ -132,7 +137,11 @@ def _sparse_attn_kernel(Q, K, V, PAGES, MASK, ACC, M, L,
         s = tl.sum(q[:, None, :] * k[None, :, :], axis=2) * scale          # [BG, P]
         if SOFTCAP:
             s = softcap * (2.0 / (1.0 + tl.exp(-2.0 * s / softcap)) - 1.0)  # softcap*tanh(s/softcap)
-        s = tl.where(ok[None, :], s, float("-inf"))
+        okg = ok[None, :]
+        if HEAD_MASK:  # this head may attend this selected key
+            okg = okg & (tl.load(HMASK + b * shb + h * shh + g[:, None] * shg + (i * P + offs)[None, :],
+                                 mask=(g < G)[:, None], other=0) != 0)
+        s = tl.where(okg, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m_i - m_safe)
@@ -148,10 +157,11 @@ def _sparse_attn_kernel(Q, K, V, PAGES, MASK, ACC, M, L,
 
 
 def sparse_attention(q, k, v, pages, page_size: int, length: int, scale: float, key_mask=None,
-                     softcap=None, pages_per_split: int = 8):
+                     softcap=None, pages_per_split: int = 8, head_mask=None):
     """Exact attention of ``q[B, H_q, D]`` over the pages ``pages[B, H_kv, K]`` of ``k, v``.
 
-    ``key_mask``: bool ``[B, cap]`` (True = may attend) or None.
+    ``key_mask``: bool ``[B, cap]`` (True = may attend) or None. ``head_mask``: bool
+    ``[B, H_kv, G, K*P]``, which selected keys each query head may attend, or None (all).
     """
     b, hq, d = q.shape
     hkv, n_sel = k.shape[1], pages.shape[-1]
@@ -162,13 +172,15 @@ def sparse_attention(q, k, v, pages, page_size: int, length: int, scale: float, 
     l = torch.empty_like(m)
     pages = pages.contiguous()
     mask = key_mask.to(torch.int8).contiguous() if key_mask is not None else pages
+    hmask = head_mask.to(torch.int8).contiguous() if head_mask is not None \
+        else torch.zeros(1, 1, 1, 1, dtype=torch.int8, device=q.device)
     _sparse_attn_kernel[(b * hkv, splits)](
-        q, k, v, pages, mask, acc, m, l, n_sel, pages_per_split, length, scale, softcap or 0.0,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
-        pages.stride(0), pages.stride(1), mask.stride(0),
+        q, k, v, pages, mask, hmask, acc, m, l, n_sel, pages_per_split, length, scale,
+        softcap or 0.0, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+        pages.stride(0), pages.stride(1), mask.stride(0), *hmask.stride()[:3],
         acc.stride(0), acc.stride(1), acc.stride(2), m.stride(0), m.stride(1), m.stride(2),
         H=hkv, G=g, BG=_pow2(g), P=page_size, D=d, HAS_MASK=key_mask is not None,
-        SOFTCAP=bool(softcap))
+        HEAD_MASK=head_mask is not None, SOFTCAP=bool(softcap))
     return _combine(acc, m, l).to(q.dtype)
 
 
@@ -180,19 +192,48 @@ def _combine(acc: torch.Tensor, m: torch.Tensor, l: torch.Tensor) -> torch.Tenso
 
 
 # ----------------------------------------------------------------------------- the decode step
-def quest_decode_triton(q, store, token_budget: int, scale: float, key_mask=None, softcap=None):
-    """One Quest decode step with the kernels above (same contract as ``ops.quest_decode``)."""
+def quest_decode_triton(q, store, token_budget: int, scale: float, key_mask=None, softcap=None,
+                        combine: str = "max"):
+    """One Quest decode step with the kernels above (same contract as ``ops.quest_decode``).
+    ``combine="rank"`` takes the pages of ``cpu.top_pages_by_rank`` (per-head scores by a
+    matmul, top-K in torch); the attention kernel is the same."""
     P = store.page_size
     n = store.n_pages
     budget_pages = max(1, token_budget // P)
     if n <= budget_pages:
         pages = torch.arange(n, device=q.device).expand(q.shape[0], store.k.shape[1], n)
+    elif combine == "rank":
+        pages = cpu.top_pages_by_rank(_head_criticality(q, store), budget_pages)
     else:
-        crit = criticality(q, store.meta, n)
-        crit[..., n - 1] = float("inf")
-        pages = crit.topk(budget_pages, dim=-1, sorted=False).indices
-    mask = None
-    if key_mask is not None:
-        mask = torch.zeros(key_mask.shape[0], store.capacity, dtype=torch.bool, device=q.device)
-        mask[:, : key_mask.shape[1]] = key_mask
-    return sparse_attention(q, store.k, store.v, pages, P, store.length, scale, mask, softcap)
+        pages = cpu.top_pages(criticality(q, store.meta, n), budget_pages)
+    return sparse_attention(q, store.k, store.v, pages, P, store.length, scale,
+                            _cache_mask(key_mask, store), softcap)
+
+
+def quest_decode_per_head_triton(q, store, token_budget: int, scale: float, key_mask=None,
+                                 softcap=None):
+    """Quest with pages chosen per query head (contract of ``ops.quest_decode_per_head``): the
+    union of a group's pages is read once, each head masked to its own pages."""
+    P = store.page_size
+    budget_pages = max(1, token_budget // P)
+    if store.n_pages <= budget_pages:
+        return quest_decode_triton(q, store, token_budget, scale, key_mask, softcap)
+    top = cpu.top_pages(_head_criticality(q, store), budget_pages)  # [B, H_kv, G, K]
+    pages, mine = cpu.union_pages(top, store.n_pages)
+    return sparse_attention(q, store.k, store.v, pages, P, store.length, scale,
+                            _cache_mask(key_mask, store), softcap,
+                            head_mask=mine.repeat_interleave(P, dim=-1))
+
+
+def _head_criticality(q, store):
+    """Per-head page criticality ``[B, H_kv, G, n_pages]`` (a matmul; no kernel of its own)."""
+    return cpu.head_scores(q, store).transpose(-1, -2).contiguous()
+
+
+def _cache_mask(key_mask, store):
+    """``key_mask[B, L]`` padded to the cache capacity, or None."""
+    if key_mask is None:
+        return None
+    mask = torch.zeros(key_mask.shape[0], store.capacity, dtype=torch.bool, device=key_mask.device)
+    mask[:, : key_mask.shape[1]] = key_mask
+    return mask
