@@ -118,8 +118,11 @@ def test_c_kernel_pieces_equal_torch_ops(g, d):
     q = torch.randn(2, 2 * g, d)
     qg = q.view(2, 2, g, d)
     q2 = torch.cat([qg.clamp(min=0), qg.clamp(max=0)], dim=-1).contiguous()
-    want = ops.criticality(q, st.meta, st.n_pages).amax(dim=2)
-    assert torch.allclose(ck.group_criticality(q2, st.meta, st.n_pages), want, atol=1e-5)
+    per_head = ops.criticality(q, st.meta, st.n_pages)  # [B, H_kv, G, n]
+    assert torch.allclose(ck.group_criticality(q2, st.meta, st.n_pages), per_head.amax(dim=2),
+                          atol=1e-5)
+    assert torch.allclose(ck.group_criticality(q2, st.meta, st.n_pages, per_head=True), per_head,
+                          atol=1e-5)
     pages = torch.tensor([[[3, 1, 19], [0, 2, 5]], [[7, 8, 9], [19, 4, 6]]])
     k, v = ops.gather_pages(st.k, pages, 4), ops.gather_pages(st.v, pages, 4)
     valid = torch.rand(2, 2, 12) > 0.2

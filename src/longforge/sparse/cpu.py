@@ -126,6 +126,17 @@ def head_scores(q: torch.Tensor, store: PagedKV) -> torch.Tensor:
     return torch.matmul(store.meta[:, :, : store.n_pages], q2.transpose(-1, -2))
 
 
+def head_criticality(q: torch.Tensor, store: PagedKV) -> torch.Tensor:
+    """Per-head page criticality ``[B, H_kv, G, n_pages]``, by the C loop when it is in use."""
+    if _use_c(q, store):
+        from longforge.sparse import cpu_kernel as ck
+
+        b, hq, d = q.shape
+        q2 = split_signs(q.reshape(b, store.k.shape[1], -1, d)).contiguous()
+        return ck.group_criticality(q2, store.meta, store.n_pages, per_head=True)
+    return head_scores(q, store).transpose(-1, -2).contiguous()
+
+
 def page_scores(q: torch.Tensor, store: PagedKV) -> torch.Tensor:
     """Per-KV-group page criticality ``[B, H_kv, n_pages]`` (max over the group's heads)."""
     return head_scores(q, store).amax(dim=-1)
@@ -254,7 +265,7 @@ def quest_decode_per_head(q: torch.Tensor, store: PagedKV, token_budget: int, sc
     b, hq, d = q.shape
     hkv = store.k.shape[1]
     qg = q.reshape(b, hkv, hq // hkv, d)
-    top = top_pages(head_scores(q, store).transpose(-1, -2).contiguous(), budget_pages)
+    top = top_pages(head_criticality(q, store), budget_pages)
     pages, mine = union_pages(top, store.n_pages)
     valid = mine.repeat_interleave(P, dim=-1)  # [B, H_kv, G, U*P]
     keys = valid_keys(pages, store, key_mask)
@@ -272,8 +283,9 @@ def quest_decode_per_head(q: torch.Tensor, store: PagedKV, token_budget: int, sc
 
 
 def _use_c(q: torch.Tensor, store: PagedKV) -> bool:
-    """The C kernel is chosen and takes these tensors (fp32 only)."""
-    return get_kernel() == "c" and store.k.dtype == torch.float32 and q.dtype == torch.float32
+    """The C kernel is chosen and takes these tensors (fp32, CPU)."""
+    return q.device.type == "cpu" and get_kernel() == "c" and store.k.dtype == torch.float32 \
+        and q.dtype == torch.float32
 
 
 def _select(q: torch.Tensor, store: PagedKV, budget_pages: int, combine: str,
@@ -282,7 +294,7 @@ def _select(q: torch.Tensor, store: PagedKV, budget_pages: int, combine: str,
     the calling kernel) or, for ``combine="rank"``, by :func:`top_pages_by_rank` over the
     per-head criticality."""
     if combine == "rank":
-        return top_pages_by_rank(head_scores(q, store).transpose(-1, -2).contiguous(), budget_pages)
+        return top_pages_by_rank(head_criticality(q, store), budget_pages)
     return top_pages(group_scores(), budget_pages)
 
 

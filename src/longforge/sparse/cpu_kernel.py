@@ -5,7 +5,8 @@ matmuls, so the selected K/V cross memory three times (read, write, read back); 
 matmul and its max over the group are two passes. Two loops here read every byte once:
 
 * :func:`group_criticality` -- ``scores[bh, p] = max_g q2[bh, g] . meta[bh, p]``: one pass over
-  the metadata (prefetched 8 rows ahead), the group max fused in;
+  the metadata (prefetched 8 rows ahead), the group max fused in (or every head's score, for
+  the GQA selection ablations);
 * :func:`sparse_attention` -- for each selected page, in place: the scores of its ``P`` keys
   for the group's ``G`` heads, scale / softcap / key mask, an online-softmax update, and the
   weighted sum of its ``P`` values (flash-decoding), the next page prefetched meanwhile.
@@ -159,16 +160,19 @@ static inline float exp_shifted(float *s, int P, float mx) {
     return sum;
 }
 
-/* scores[i] = max_g q2[bh, g] . meta[bh, p], i = bh * n + p: criticality, group max fused. */
+/* Criticality q2[bh, g] . meta[bh, p], one pass over the metadata: per_head 0 writes the group
+   max scores[bh * n + p]; per_head 1 writes every head's, scores[(bh * g_n + g) * n + p]. */
 void group_criticality(const float *meta, const float *q2, float *scores, int64_t rows,
-                       int64_t n, int64_t cap_pages, int g_n, int d2, int threads) {
+                       int64_t n, int64_t cap_pages, int g_n, int d2, int per_head, int threads) {
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < rows * n; i++) {
         int64_t bh = i / n, p = i % n, ahead = i + 8;
         float s[g_n];
         if (ahead < rows * n)  /* the row 8 ahead into L2: the stream never waits for it */
             prefetch(meta + (ahead / n * cap_pages + ahead % n) * d2, d2);
-        dots(meta + (bh * cap_pages + p) * d2, q2 + bh * g_n * d2, d2, g_n, s, 1);
+        const float *row = meta + (bh * cap_pages + p) * d2, *qh = q2 + bh * g_n * d2;
+        if (per_head) { dots(row, qh, d2, g_n, scores + bh * g_n * n + p, n); continue; }
+        dots(row, qh, d2, g_n, s, 1);
         float best = -INFINITY;
         for (int g = 0; g < g_n; g++) best = fmaxf(best, s[g]);
         scores[i] = best;
@@ -235,7 +239,7 @@ void sparse_attention(const float *q, const float *k, const float *v, const int6
 _I64, _INT, _PTR = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
 _F32 = ctypes.c_float
 _SIGNATURES = {
-    "group_criticality": [_PTR, _PTR, _PTR, _I64, _I64, _I64, _INT, _INT, _INT],
+    "group_criticality": [_PTR, _PTR, _PTR, _I64, _I64, _I64, _INT, _INT, _INT, _INT],
     "sparse_attention": [_PTR] * 8 + [_I64] * 4 + [_INT] * 3 + [_F32, _F32, _INT, _INT],
 }
 
@@ -304,13 +308,15 @@ def _check(*tensors: torch.Tensor) -> None:
                              f"contiguous={t.is_contiguous()}")
 
 
-def group_criticality(q2: torch.Tensor, meta: torch.Tensor, n: int) -> torch.Tensor:
-    """``[B, H_kv, n]``: max over the group of ``q2[B, H_kv, G, 2D] . meta[B, H_kv, p]``."""
+def group_criticality(q2: torch.Tensor, meta: torch.Tensor, n: int,
+                      per_head: bool = False) -> torch.Tensor:
+    """``[B, H_kv, n]``: max over the group of ``q2[B, H_kv, G, 2D] . meta[B, H_kv, p]``; with
+    ``per_head``, every head's ``[B, H_kv, G, n]`` instead."""
     b, h, g, d2 = q2.shape
     _check(q2, meta)
-    out = torch.empty(b, h, n, dtype=torch.float32)
+    out = torch.empty(b, h, g, n) if per_head else torch.empty(b, h, n)
     library().group_criticality(_ptr(meta), _ptr(q2), _ptr(out), b * h, n, meta.shape[2], g, d2,
-                                torch.get_num_threads())
+                                int(per_head), torch.get_num_threads())
     return out
 
 

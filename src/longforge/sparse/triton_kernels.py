@@ -203,7 +203,7 @@ def quest_decode_triton(q, store, token_budget: int, scale: float, key_mask=None
     if n <= budget_pages:
         pages = torch.arange(n, device=q.device).expand(q.shape[0], store.k.shape[1], n)
     elif combine == "rank":
-        pages = cpu.top_pages_by_rank(_head_criticality(q, store), budget_pages)
+        pages = cpu.top_pages_by_rank(cpu.head_criticality(q, store), budget_pages)
     else:
         pages = cpu.top_pages(criticality(q, store.meta, n), budget_pages)
     return sparse_attention(q, store.k, store.v, pages, P, store.length, scale,
@@ -218,16 +218,11 @@ def quest_decode_per_head_triton(q, store, token_budget: int, scale: float, key_
     budget_pages = max(1, token_budget // P)
     if store.n_pages <= budget_pages:
         return quest_decode_triton(q, store, token_budget, scale, key_mask, softcap)
-    top = cpu.top_pages(_head_criticality(q, store), budget_pages)  # [B, H_kv, G, K]
+    top = cpu.top_pages(cpu.head_criticality(q, store), budget_pages)  # [B, H_kv, G, K]
     pages, mine = cpu.union_pages(top, store.n_pages)
     return sparse_attention(q, store.k, store.v, pages, P, store.length, scale,
                             _cache_mask(key_mask, store), softcap,
                             head_mask=mine.repeat_interleave(P, dim=-1))
-
-
-def _head_criticality(q, store):
-    """Per-head page criticality ``[B, H_kv, G, n_pages]`` (a matmul; no kernel of its own)."""
-    return cpu.head_scores(q, store).transpose(-1, -2).contiguous()
 
 
 def _cache_mask(key_mask, store):
