@@ -204,9 +204,7 @@ def valid_keys(pages: torch.Tensor, store: PagedKV, key_mask: torch.Tensor | Non
     pos = (pages[..., None] * P + torch.arange(P, device=pages.device)).flatten(-2)
     valid = pos < store.length
     if key_mask is not None:
-        full = torch.zeros(key_mask.shape[0], store.capacity, dtype=torch.bool,
-                           device=key_mask.device)
-        full[:, : key_mask.shape[1]] = key_mask.bool()
+        full = store.pad_mask(key_mask)
         b, h, t = pos.shape
         valid &= torch.gather(full, 1, pos.reshape(b, h * t)).view(b, h, t)
     return valid

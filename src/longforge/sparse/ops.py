@@ -108,7 +108,7 @@ def quest_decode_reference(q: torch.Tensor, store: PagedKV, token_budget: int, s
     pos = token_positions(pages, P)
     valid = pos < store.length
     if key_mask is not None:
-        full = _pad_mask(key_mask, store.capacity)[:, None, :].expand(-1, hkv, -1)
+        full = store.pad_mask(key_mask)[:, None, :].expand(-1, hkv, -1)
         valid &= torch.gather(full, 2, pos)
     out = attend(q.view(b, hkv, hq // hkv, d), k, v, valid, scale, softcap)
     return out.reshape(b, hq, d)
@@ -134,14 +134,8 @@ def quest_decode_per_head_reference(q: torch.Tensor, store: PagedKV, token_budge
     k, v = store.k[bi, kv_head, pos], store.v[bi, kv_head, pos]  # [B, H_q, K*P, D]: copies
     valid = pos < store.length
     if key_mask is not None:
-        valid &= _pad_mask(key_mask, store.capacity)[bi, pos]
+        valid &= store.pad_mask(key_mask)[bi, pos]
     return attend(q.view(b, hq, 1, d), k, v, valid, scale, softcap).reshape(b, hq, d)
-
-
-def _pad_mask(key_mask: torch.Tensor, capacity: int) -> torch.Tensor:
-    m = torch.zeros(key_mask.shape[0], capacity, dtype=torch.bool, device=key_mask.device)
-    m[:, : key_mask.shape[1]] = key_mask.bool()
-    return m
 
 
 def _triton():

@@ -48,6 +48,15 @@ class PagedKV:
     def values(self) -> torch.Tensor:
         return self.v[:, :, : self.length]
 
+    def pad_mask(self, key_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """``key_mask[B, L]`` (True = may attend) as bool ``[B, capacity]``, False beyond ``L``
+        (None stays None: every key may be attended)."""
+        if key_mask is None:
+            return None
+        m = torch.zeros(key_mask.shape[0], self.capacity, dtype=torch.bool, device=key_mask.device)
+        m[:, : key_mask.shape[1]] = key_mask.bool()
+        return m
+
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write ``k, v`` of shape ``[B, H_kv, T, D]`` after the current tokens."""
         t = k.shape[-2]

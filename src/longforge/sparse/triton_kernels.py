@@ -207,7 +207,7 @@ def quest_decode_triton(q, store, token_budget: int, scale: float, key_mask=None
     else:
         pages = cpu.top_pages(criticality(q, store.meta, n), budget_pages)
     return sparse_attention(q, store.k, store.v, pages, P, store.length, scale,
-                            _cache_mask(key_mask, store), softcap)
+                            store.pad_mask(key_mask), softcap)
 
 
 def quest_decode_per_head_triton(q, store, token_budget: int, scale: float, key_mask=None,
@@ -221,14 +221,5 @@ def quest_decode_per_head_triton(q, store, token_budget: int, scale: float, key_
     top = cpu.top_pages(cpu.head_criticality(q, store), budget_pages)  # [B, H_kv, G, K]
     pages, mine = cpu.union_pages(top, store.n_pages)
     return sparse_attention(q, store.k, store.v, pages, P, store.length, scale,
-                            _cache_mask(key_mask, store), softcap,
+                            store.pad_mask(key_mask), softcap,
                             head_mask=mine.repeat_interleave(P, dim=-1))
-
-
-def _cache_mask(key_mask, store):
-    """``key_mask[B, L]`` padded to the cache capacity, or None."""
-    if key_mask is None:
-        return None
-    mask = torch.zeros(key_mask.shape[0], store.capacity, dtype=torch.bool, device=key_mask.device)
-    mask[:, : key_mask.shape[1]] = key_mask
-    return mask
