@@ -233,8 +233,8 @@ def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: floa
                  combine: str = "max") -> torch.Tensor:
     """One Quest decode step on the CPU (contract of ``ops.quest_decode``)."""
     check_combine(combine)
-    budget_pages = max(1, token_budget // store.page_size)
-    if store.n_pages <= budget_pages:
+    budget_pages = store.budget_pages(token_budget)
+    if budget_pages is None:
         return dense_decode(q, store, scale, key_mask, softcap)
     if _use_c(q, store):
         return _quest_decode_c(q, store, budget_pages, scale, key_mask, softcap, combine)
@@ -257,8 +257,8 @@ def quest_decode_per_head(q: torch.Tensor, store: PagedKV, token_budget: int, sc
     (:func:`union_pages`) and each head attends over its own pages only, through a per-head key
     mask."""
     P = store.page_size
-    budget_pages = max(1, token_budget // P)
-    if store.n_pages <= budget_pages:
+    budget_pages = store.budget_pages(token_budget)
+    if budget_pages is None:
         return dense_decode(q, store, scale, key_mask, softcap)
     b, hq, d = q.shape
     hkv = store.k.shape[1]

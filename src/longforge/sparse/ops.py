@@ -98,8 +98,8 @@ def quest_decode_reference(q: torch.Tensor, store: PagedKV, token_budget: int, s
     """
     cpu.check_combine(combine)
     P = store.page_size
-    budget_pages = max(1, token_budget // P)
-    if store.n_pages <= budget_pages:
+    budget_pages = store.budget_pages(token_budget)
+    if budget_pages is None:
         return dense_decode_reference(q, store, scale, key_mask, softcap)
     b, hq, d = q.shape
     hkv = store.k.shape[1]
@@ -121,10 +121,10 @@ def quest_decode_per_head_reference(q: torch.Tensor, store: PagedKV, token_budge
     its own top-K pages by its own criticality (the last page always kept; dense when the
     context fits), gathered per head."""
     P = store.page_size
-    budget_pages = max(1, token_budget // P)
-    n = store.n_pages
-    if n <= budget_pages:
+    budget_pages = store.budget_pages(token_budget)
+    if budget_pages is None:
         return dense_decode_reference(q, store, scale, key_mask, softcap)
+    n = store.n_pages
     b, hq, d = q.shape
     g = hq // store.k.shape[1]
     pages = cpu.top_pages(criticality(q, store.meta, n), budget_pages).view(b, hq, budget_pages)

@@ -48,6 +48,12 @@ class PagedKV:
     def values(self) -> torch.Tensor:
         return self.v[:, :, : self.length]
 
+    def budget_pages(self, token_budget: int) -> int | None:
+        """Pages a Quest step attends for ``token_budget`` tokens (at least one: the last page),
+        or None when the whole context fits the budget (the step is dense)."""
+        k = max(1, token_budget // self.page_size)
+        return None if self.n_pages <= k else k
+
     def pad_mask(self, key_mask: torch.Tensor | None) -> torch.Tensor | None:
         """``key_mask[B, L]`` (True = may attend) as bool ``[B, capacity]``, False beyond ``L``
         (None stays None: every key may be attended)."""

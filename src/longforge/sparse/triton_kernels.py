@@ -199,8 +199,8 @@ def quest_decode_triton(q, store, token_budget: int, scale: float, key_mask=None
     matmul, top-K in torch); the attention kernel is the same."""
     P = store.page_size
     n = store.n_pages
-    budget_pages = max(1, token_budget // P)
-    if n <= budget_pages:
+    budget_pages = store.budget_pages(token_budget)
+    if budget_pages is None:
         pages = torch.arange(n, device=q.device).expand(q.shape[0], store.k.shape[1], n)
     elif combine == "rank":
         pages = cpu.top_pages_by_rank(cpu.head_criticality(q, store), budget_pages)
@@ -215,8 +215,8 @@ def quest_decode_per_head_triton(q, store, token_budget: int, scale: float, key_
     """Quest with pages chosen per query head (contract of ``ops.quest_decode_per_head``): the
     union of a group's pages is read once, each head masked to its own pages."""
     P = store.page_size
-    budget_pages = max(1, token_budget // P)
-    if store.n_pages <= budget_pages:
+    budget_pages = store.budget_pages(token_budget)
+    if budget_pages is None:
         return quest_decode_triton(q, store, token_budget, scale, key_mask, softcap)
     top = cpu.top_pages(cpu.head_criticality(q, store), budget_pages)  # [B, H_kv, G, K]
     pages, mine = cpu.union_pages(top, store.n_pages)
