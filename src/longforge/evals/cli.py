@@ -21,7 +21,8 @@ _METHODS = typer.Option("dense,quest,streaming,h2o",
 _BUDGETS = typer.Option("1/16,1/8,1/4", help="Token budgets: tokens (512) or fractions of the "
                                              "context length (1/8), comma-separated.")
 _PAGE = typer.Option(16, help="Quest page size (tokens).")
-_DENSE = typer.Option(2, help="The first N layers decode densely (every policy).")
+_DENSE = typer.Option(2, help="The first N layers (by index) decode densely (every policy). "
+                              "Gemma 3 270M: 6 keeps its first full-attention layer (5) dense.")
 _DEVICE = typer.Option(None, help="cpu / cuda (default: CUDA when present).")
 _DTYPE = typer.Option(None, help="fp32 / bf16 / fp16 (default: fp32 on CPU).")
 

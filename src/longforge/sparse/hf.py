@@ -331,6 +331,11 @@ def quest(model, token_budget: int = 2048, page_size: int = 16, dense_layers: in
     read once per group), ``"rank"`` (K pages per KV group, the group's heads taking their best
     pages in turn) or ``"head"`` (K pages per query head, as on multi-head models; a group
     reads the union of its heads' pages, up to G x the bytes).
+
+    ``dense_layers``: the first N layers by index decode densely (the paper keeps 2). On models
+    whose first layers are sliding-window layers that keeps no full-attention layer dense; on
+    Gemma 3 270M ``dense_layers=6`` (its first full-attention layer dense) is what brings Quest
+    to dense accuracy on needle retrieval (docs/sparse.md).
     """
     kinds = {"group": Quest, "rank": QuestRank, "head": QuestPerHead}
     if selection not in kinds:
