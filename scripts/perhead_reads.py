@@ -32,8 +32,8 @@ def main() -> None:
     ratios = []
 
     def counting(q, store, budget, *rest):
-        K = max(1, budget // store.page_size)
-        if store.n_pages > K:
+        K = store.budget_pages(budget)
+        if K is not None:  # a sparse step
             crit = ops.criticality(q, store.meta, store.n_pages)  # [B, H_kv, G, n]
             pages = cpu.top_pages(crit, K).flatten(2)  # each head's K pages: [B, H_kv, G*K]
             for row in pages.flatten(0, 1):

@@ -94,6 +94,8 @@ def test_gqa_selection_ablations_match_reference(budget, masked):
     want = REF(q, st, budget, 0.25, mask, combine="rank")
     got = tk.quest_decode_triton(q, st, budget, 0.25, mask, combine="rank")
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    with pytest.raises(ValueError, match="combine"):
+        tk.quest_decode_triton(q, st, budget, 0.25, mask, combine="sum")
     want = ops.quest_decode_per_head_reference(q, st, budget, 0.25, mask)
     got = tk.quest_decode_per_head_triton(q, st, budget, 0.25, mask)
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()

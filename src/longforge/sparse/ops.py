@@ -158,7 +158,6 @@ def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: floa
     if q.is_cuda:
         tk = _triton()
         if tk is not None:
-            cpu.check_combine(combine)
             return tk.quest_decode_triton(q, store, token_budget, scale, key_mask, softcap, combine)
         return quest_decode_reference(q, store, token_budget, scale, key_mask, softcap, combine)
     return cpu.quest_decode(q, store, token_budget, scale, key_mask, softcap, combine)

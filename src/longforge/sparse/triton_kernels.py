@@ -197,6 +197,7 @@ def quest_decode_triton(q, store, token_budget: int, scale: float, key_mask=None
     """One Quest decode step with the kernels above (same contract as ``ops.quest_decode``).
     ``combine="rank"`` takes the pages of ``cpu.top_pages_by_rank`` (per-head scores by a
     matmul, top-K in torch); the attention kernel is the same."""
+    cpu.check_combine(combine)
     P = store.page_size
     n = store.n_pages
     budget_pages = store.budget_pages(token_budget)
