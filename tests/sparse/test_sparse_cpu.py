@@ -246,3 +246,75 @@ def test_per_head_fast_path_equals_reference(kernel, b, hq, hkv, n, budget, soft
     with cpu.kernel(kernel):
         got = ops.quest_decode_per_head(q, st, budget, 0.3, key_mask=mask, softcap=softcap)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+# ------------------------------------------------------------ left padding and the budget rule
+DECODERS = {  # every Quest step a user can reach, by name
+    "reference": lambda *a, **k: ops.quest_decode_reference(*a, **k),
+    "rank reference": lambda *a, **k: ops.quest_decode_reference(*a, combine="rank", **k),
+    "per-head reference": lambda *a, **k: ops.quest_decode_per_head_reference(*a, **k),
+    "fast": lambda *a, **k: ops.quest_decode(*a, **k),
+    "fast rank": lambda *a, **k: ops.quest_decode(*a, combine="rank", **k),
+    "fast per-head": lambda *a, **k: ops.quest_decode_per_head(*a, **k),
+}
+
+
+def _padded_pair(pad: int, n: int, P: int = 4, hkv: int = 2, d: int = 8, seed: int = 21):
+    """Row 0: ``n`` real keys; row 1: ``pad`` large padding keys (strong criticality, so that a
+    selection blind to padding would take them) then the same ``n`` keys. Also row 0 alone."""
+    g = torch.Generator().manual_seed(seed)
+    k, v = torch.randn(1, hkv, n, d, generator=g), torch.randn(1, hkv, n, d, generator=g)
+    kp = torch.cat([10 * torch.randn(1, hkv, pad, d, generator=g), k], 2)
+    vp = torch.cat([torch.randn(1, hkv, pad, d, generator=g), v], 2)
+    both = PagedKV(2, hkv, d, capacity=pad + n, page_size=P)
+    both.append(torch.cat([torch.cat([k, torch.zeros(1, hkv, pad, d)], 2), kp]),
+                torch.cat([torch.cat([v, torch.zeros(1, hkv, pad, d)], 2), vp]))
+    alone = PagedKV(1, hkv, d, capacity=n, page_size=P)
+    alone.append(k, v)
+    mask = torch.ones(2, pad + n, dtype=torch.bool)
+    mask[0, n:] = False  # row 0's tail is unused (masked) so both rows share one cache
+    mask[1, :pad] = False
+    return both, alone, mask
+
+
+@pytest.mark.parametrize("kernel", ["torch", pytest.param("c", marks=needs_cc)])
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_padding_pages_never_take_a_slot_from_real_pages(kernel, name):
+    """A left-padded row (padding a whole number of pages) selects among its real pages exactly
+    as the same row alone does: its output is the same, at a budget far below its context."""
+    both, alone, mask = _padded_pair(pad=24, n=40)
+    q = torch.randn(1, 4, 8)
+    with cpu.kernel(kernel):
+        want = DECODERS[name](q, alone, 12, 0.3)
+        got = DECODERS[name](q.repeat(2, 1, 1), both, 12, 0.3, key_mask=mask)
+    assert torch.allclose(got[1], want[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["torch", pytest.param("c", marks=needs_cc)])
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_a_row_whose_real_tokens_fit_the_budget_is_dense(kernel, name):
+    """Row 1 holds 12 real tokens over 4 pages (padding 30, not a whole number of pages); at a
+    budget of 12 tokens (3 pages) it is attended densely while row 0 (42 tokens) is sparse."""
+    g = torch.Generator().manual_seed(3)
+    st = PagedKV(2, 2, 8, capacity=42, page_size=4)
+    st.append(torch.randn(2, 2, 42, 8, generator=g), torch.randn(2, 2, 42, 8, generator=g))
+    mask = torch.ones(2, 42, dtype=torch.bool)
+    mask[1, :30] = False
+    q = torch.randn(2, 4, 8)
+    dense = ops.dense_decode_reference(q, st, 0.3, key_mask=mask)
+    with cpu.kernel(kernel):
+        got = DECODERS[name](q, st, 12, 0.3, key_mask=mask)
+    assert torch.allclose(got[1], dense[1], atol=1e-5)
+    assert not torch.allclose(got[0], dense[0], atol=1e-3)  # row 0 really is sparse
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_context_that_fits_a_budget_of_no_whole_pages_is_dense(name):
+    """20 tokens, budget 20, 16-token pages: the context fits, so the step is dense (a page
+    count rule would attend the last page's 4 tokens only)."""
+    st = _store(1, 2, 8, 20, P=16, cap=32)
+    q = torch.randn(1, 4, 8)
+    assert torch.allclose(DECODERS[name](q, st, 20, 0.3), ops.dense_decode_reference(q, st, 0.3),
+                          atol=1e-5)
+    assert not torch.allclose(DECODERS[name](q, st, 19, 0.3),
+                              ops.dense_decode_reference(q, st, 0.3), atol=1e-3)

@@ -122,6 +122,20 @@ def test_sparse_decode_with_left_padding_matches_unpadded_row(arch):
     assert diff < 1e-4
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_quest_with_left_padding_matches_unpadded_row(arch):
+    """Quest never spends a page slot on padding: a row left-padded by one whole page decodes
+    as it does alone, at a budget far below its context (2 of 5 pages)."""
+    m = tiny_model(arch)
+    ids, mask = _inputs(t=80, pad=(0, 16))
+    with longforge.quest(m, token_budget=32, page_size=16, dense_layers=0):
+        both = _gen(m, ids, mask)
+        alone = _gen(m, ids[1:, 16:], mask[1:, 16:])
+    diff = max((a[1] - b[0]).abs().max().item() for a, b in zip(both.logits, alone.logits))
+    assert diff < 1e-4
+    assert _maxdiff(_gen(m, ids[1:, 16:], mask[1:, 16:]), alone) > 1e-4  # sparse, not dense
+
+
 def test_context_manager_restores_everything():
     m = tiny_model("tiny-llama")
     ids, mask = _inputs(t=40)

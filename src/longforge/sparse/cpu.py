@@ -142,21 +142,34 @@ def page_scores(q: torch.Tensor, store: PagedKV) -> torch.Tensor:
     return head_scores(q, store).amax(dim=-1)
 
 
-def top_pages(scores: torch.Tensor, budget_pages: int) -> torch.Tensor:
-    """Indices ``[B, H_kv, K]`` of the best pages; the last page (being written) always kept."""
-    scores[..., -1] = float("inf")
+def mask_pages(scores: torch.Tensor, page_ok: torch.Tensor | None) -> torch.Tensor:
+    """Scores ``[B, ..., n_pages]`` with the pages that hold no attendable key (``page_ok
+    [B, n_pages]`` False: left padding) at -inf, in place, so that they never take a slot
+    from a page of real tokens; the last page is then forced in by the callers."""
+    if page_ok is not None:
+        shape = (page_ok.shape[0],) + (1,) * (scores.dim() - 2) + (page_ok.shape[-1],)
+        scores.masked_fill_(~page_ok.view(shape), float("-inf"))
+    return scores
+
+
+def top_pages(scores: torch.Tensor, budget_pages: int,
+              page_ok: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices ``[B, H_kv, K]`` of the best pages; the last page (being written) always kept;
+    pages of padding only (``page_ok`` False) last."""
+    mask_pages(scores, page_ok)[..., -1] = float("inf")
     return scores.topk(budget_pages, dim=-1, sorted=False).indices
 
 
-def top_pages_by_rank(crit: torch.Tensor, budget_pages: int) -> torch.Tensor:
+def top_pages_by_rank(crit: torch.Tensor, budget_pages: int,
+                      page_ok: torch.Tensor | None = None) -> torch.Tensor:
     """Indices ``[B, H_kv, K]`` from per-head criticality ``[B, H_kv, G, n]``: the group's heads
     take their best pages in turn (each head's first choice, then each head's second, ...;
     a page already taken is skipped) until K are chosen; the last page always kept.
 
     The group still reads K pages, but every head's top pages are among them: with the max over
     heads, one head's loose upper bounds can fill all K slots. Like :func:`top_pages`, it sets
-    the last page's scores to inf in place."""
-    crit[..., -1] = float("inf")
+    the last page's scores to inf (and those of padding pages to -inf) in place."""
+    mask_pages(crit, page_ok)[..., -1] = float("inf")
     g, n = crit.shape[-2:]
     k = min(budget_pages, n)  # the first K distinct pages in turn all lie in their head's top K
     top = crit.topk(k, dim=-1, sorted=True).indices  # [B, H_kv, G, k], best first
@@ -237,15 +250,16 @@ def quest_decode(q: torch.Tensor, store: PagedKV, token_budget: int, scale: floa
     if budget_pages is None:
         return dense_decode(q, store, scale, key_mask, softcap)
     if _use_c(q, store):
-        return _quest_decode_c(q, store, budget_pages, scale, key_mask, softcap, combine)
-    b, hq, d = q.shape
-    hkv = store.k.shape[1]
-    pages = _select(q, store, budget_pages, combine, lambda: page_scores(q, store))
-    k = gather(store.k, pages, store.page_size, "k")
-    v = gather(store.v, pages, store.page_size, "v")
-    out = attend(q.view(b, hkv, hq // hkv, d), k, v, valid_keys(pages, store, key_mask), scale,
-                 softcap)
-    return out.reshape(b, hq, d)
+        out = _quest_decode_c(q, store, budget_pages, scale, key_mask, softcap, combine)
+    else:
+        b, hq, d = q.shape
+        hkv = store.k.shape[1]
+        pages = _select(q, store, budget_pages, combine, lambda: page_scores(q, store), key_mask)
+        k = gather(store.k, pages, store.page_size, "k")
+        v = gather(store.v, pages, store.page_size, "v")
+        out = attend(q.view(b, hkv, hq // hkv, d), k, v, valid_keys(pages, store, key_mask),
+                     scale, softcap).reshape(b, hq, d)
+    return dense_rows(out, q, store, token_budget, scale, key_mask, softcap)
 
 
 def quest_decode_per_head(q: torch.Tensor, store: PagedKV, token_budget: int, scale: float,
@@ -263,7 +277,7 @@ def quest_decode_per_head(q: torch.Tensor, store: PagedKV, token_budget: int, sc
     b, hq, d = q.shape
     hkv = store.k.shape[1]
     qg = q.reshape(b, hkv, hq // hkv, d)
-    top = top_pages(head_criticality(q, store), budget_pages)
+    top = top_pages(head_criticality(q, store), budget_pages, store.page_mask(key_mask))
     pages, mine = union_pages(top, store.n_pages)
     valid = mine.repeat_interleave(P, dim=-1)  # [B, H_kv, G, U*P]
     keys = valid_keys(pages, store, key_mask)
@@ -277,7 +291,7 @@ def quest_decode_per_head(q: torch.Tensor, store: PagedKV, token_budget: int, sc
     else:
         out = attend(qg, gather(store.k, pages, P, "k"), gather(store.v, pages, P, "v"),
                      valid.transpose(-1, -2), scale, softcap)
-    return out.reshape(b, hq, d)
+    return dense_rows(out.reshape(b, hq, d), q, store, token_budget, scale, key_mask, softcap)
 
 
 def _use_c(q: torch.Tensor, store: PagedKV) -> bool:
@@ -287,13 +301,26 @@ def _use_c(q: torch.Tensor, store: PagedKV) -> bool:
 
 
 def _select(q: torch.Tensor, store: PagedKV, budget_pages: int, combine: str,
-            group_scores) -> torch.Tensor:
+            group_scores, key_mask: torch.Tensor | None) -> torch.Tensor:
     """Pages ``[B, H_kv, K]``: by ``group_scores()`` (max over the group's heads, computed by
     the calling kernel) or, for ``combine="rank"``, by :func:`top_pages_by_rank` over the
-    per-head criticality."""
+    per-head criticality; pages of padding only are never chosen before real ones."""
+    page_ok = store.page_mask(key_mask)
     if combine == "rank":
-        return top_pages_by_rank(head_criticality(q, store), budget_pages)
-    return top_pages(group_scores(), budget_pages)
+        return top_pages_by_rank(head_criticality(q, store), budget_pages, page_ok)
+    return top_pages(group_scores(), budget_pages, page_ok)
+
+
+def dense_rows(out: torch.Tensor, q: torch.Tensor, store: PagedKV, token_budget: int,
+               scale: float, key_mask: torch.Tensor | None, softcap: float | None,
+               dense=None) -> torch.Tensor:
+    """``out [B, H_q, D]`` of a sparse step, with the rows whose attendable keys fit the budget
+    (``store.rows_that_fit``: short rows of a left-padded batch) attended densely instead, as a
+    context that fits always is. ``dense``: the dense step to use (default :func:`dense_decode`)."""
+    dense = dense or dense_decode
+    for r in store.rows_that_fit(token_budget, key_mask):
+        out[r:r + 1] = dense(q[r:r + 1], store.rows(r, r + 1), scale, key_mask[r:r + 1], softcap)
+    return out
 
 
 def _quest_decode_c(q: torch.Tensor, store: PagedKV, budget_pages: int, scale: float,
@@ -306,7 +333,7 @@ def _quest_decode_c(q: torch.Tensor, store: PagedKV, budget_pages: int, scale: f
     hkv = store.k.shape[1]
     qg = q.reshape(b, hkv, hq // hkv, d).contiguous()
     pages = _select(q, store, budget_pages, combine, lambda: ck.group_criticality(
-        split_signs(qg), store.meta, store.n_pages))
+        split_signs(qg), store.meta, store.n_pages), key_mask)
     out = ck.sparse_attention(qg, store.k, store.v, pages, store.page_size,
                               valid_keys(pages, store, key_mask), scale, softcap)
     return out.reshape(b, hq, d)

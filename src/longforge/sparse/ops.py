@@ -33,20 +33,22 @@ def criticality(q: torch.Tensor, meta: torch.Tensor, n_pages: int) -> torch.Tens
 
 
 def select_pages(q: torch.Tensor, store: PagedKV, budget_pages: int,
-                 combine: str = "max") -> torch.Tensor:
-    """Indices ``[B, H_kv, K]`` of the top-K pages per KV group; the last page is always kept.
+                 combine: str = "max", key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices ``[B, H_kv, K]`` of the top-K pages per KV group; the last page is always kept,
+    and pages holding no attendable key (``key_mask``: left padding) come after every other.
 
     ``combine``: ``"max"`` ranks pages by the max over the group's heads of their criticality;
     ``"rank"`` lets the heads take their best pages in turn (``cpu.top_pages_by_rank``).
-    Callers handle ``budget_pages >= n_pages`` (dense) before calling.
+    Callers handle a context that fits the budget (dense) before calling.
     """
     cpu.check_combine(combine)
     n = store.n_pages
     crit = criticality(q, store.meta, n)  # [B, H_kv, G, n]
     k = max(1, min(budget_pages, n))
+    page_ok = store.page_mask(key_mask)
     if combine == "rank":
-        return cpu.top_pages_by_rank(crit, k)
-    crit = crit.amax(dim=2)  # [B, H_kv, n]
+        return cpu.top_pages_by_rank(crit, k, page_ok)
+    crit = cpu.mask_pages(crit.amax(dim=2), page_ok)  # [B, H_kv, n]
     crit[..., n - 1] = float("inf")
     return crit.topk(k, dim=-1, sorted=False).indices
 
@@ -94,7 +96,8 @@ def quest_decode_reference(q: torch.Tensor, store: PagedKV, token_budget: int, s
                            softcap: float | None = None, combine: str = "max") -> torch.Tensor:
     """One Quest decode step (reference): select the critical pages per KV group, attend over them exactly.
 
-    Dense when the context fits the budget. A budget below one page still keeps the last page.
+    Dense when the context fits the budget (per row: the short rows of a left-padded batch
+    too). A budget below one page still keeps the last page.
     """
     cpu.check_combine(combine)
     P = store.page_size
@@ -103,15 +106,16 @@ def quest_decode_reference(q: torch.Tensor, store: PagedKV, token_budget: int, s
         return dense_decode_reference(q, store, scale, key_mask, softcap)
     b, hq, d = q.shape
     hkv = store.k.shape[1]
-    pages = select_pages(q, store, budget_pages, combine)
+    pages = select_pages(q, store, budget_pages, combine, key_mask)
     k, v = gather_pages(store.k, pages, P), gather_pages(store.v, pages, P)
     pos = token_positions(pages, P)
     valid = pos < store.length
     if key_mask is not None:
         full = store.pad_mask(key_mask)[:, None, :].expand(-1, hkv, -1)
         valid &= torch.gather(full, 2, pos)
-    out = attend(q.view(b, hkv, hq // hkv, d), k, v, valid, scale, softcap)
-    return out.reshape(b, hq, d)
+    out = attend(q.view(b, hkv, hq // hkv, d), k, v, valid, scale, softcap).reshape(b, hq, d)
+    return cpu.dense_rows(out, q, store, token_budget, scale, key_mask, softcap,
+                          dense=dense_decode_reference)
 
 
 def quest_decode_per_head_reference(q: torch.Tensor, store: PagedKV, token_budget: int,
@@ -127,7 +131,8 @@ def quest_decode_per_head_reference(q: torch.Tensor, store: PagedKV, token_budge
     n = store.n_pages
     b, hq, d = q.shape
     g = hq // store.k.shape[1]
-    pages = cpu.top_pages(criticality(q, store.meta, n), budget_pages).view(b, hq, budget_pages)
+    pages = cpu.top_pages(criticality(q, store.meta, n), budget_pages,
+                          store.page_mask(key_mask)).view(b, hq, budget_pages)
     pos = token_positions(pages, P)  # [B, H_q, K*P]
     bi = torch.arange(b, device=q.device)[:, None, None]
     kv_head = (torch.arange(hq, device=q.device) // g)[None, :, None]
@@ -135,7 +140,9 @@ def quest_decode_per_head_reference(q: torch.Tensor, store: PagedKV, token_budge
     valid = pos < store.length
     if key_mask is not None:
         valid &= store.pad_mask(key_mask)[bi, pos]
-    return attend(q.view(b, hq, 1, d), k, v, valid, scale, softcap).reshape(b, hq, d)
+    out = attend(q.view(b, hq, 1, d), k, v, valid, scale, softcap).reshape(b, hq, d)
+    return cpu.dense_rows(out, q, store, token_budget, scale, key_mask, softcap,
+                          dense=dense_decode_reference)
 
 
 def _triton():

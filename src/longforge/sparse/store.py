@@ -49,10 +49,38 @@ class PagedKV:
         return self.v[:, :, : self.length]
 
     def budget_pages(self, token_budget: int) -> int | None:
-        """Pages a Quest step attends for ``token_budget`` tokens (at least one: the last page),
-        or None when the whole context fits the budget (the step is dense)."""
-        k = max(1, token_budget // self.page_size)
-        return None if self.n_pages <= k else k
+        """Pages a Quest step attends for ``token_budget`` tokens (``token_budget // P``, at least
+        one: the last page), or None when the whole context fits the budget (``length <=
+        token_budget``: the step is dense)."""
+        if self.length <= token_budget:
+            return None
+        return max(1, token_budget // self.page_size)
+
+    def page_mask(self, key_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Bool ``[B, n_pages]``: pages holding at least one key that may be attended (None when
+        every key may be). A page of padding only must never take one of the K slots."""
+        if key_mask is None:
+            return None
+        n, P = self.n_pages, self.page_size
+        m = torch.zeros(key_mask.shape[0], n * P, dtype=torch.bool, device=key_mask.device)
+        m[:, : self.length] = key_mask[:, : self.length].bool()
+        return m.view(-1, n, P).any(-1)
+
+    def rows_that_fit(self, token_budget: int, key_mask: torch.Tensor | None) -> list[int]:
+        """Rows whose attendable keys fit ``token_budget`` although the padded cache does not:
+        a Quest step attends them densely, like a context that fits (left padding, batch > 1)."""
+        if key_mask is None or self.length <= token_budget:
+            return []
+        real = key_mask[:, : self.length].sum(-1)
+        return (real <= token_budget).nonzero().flatten().tolist()
+
+    def rows(self, start: int, stop: int) -> "PagedKV":
+        """Batch rows ``start:stop`` as a ``PagedKV`` sharing this one's memory (views)."""
+        view = object.__new__(PagedKV)
+        view.page_size, view.capacity, view.length = self.page_size, self.capacity, self.length
+        view.k, view.v = self.k[start:stop], self.v[start:stop]
+        view.meta = self.meta[start:stop]
+        return view
 
     def pad_mask(self, key_mask: torch.Tensor | None) -> torch.Tensor | None:
         """``key_mask[B, L]`` (True = may attend) as bool ``[B, capacity]``, False beyond ``L``
@@ -102,5 +130,9 @@ class PagedKV:
         self.length = 0
 
     def select_batch(self, index: torch.Tensor) -> None:
-        """Keep only batch rows ``index`` (beam search / finished sequences)."""
+        """Keep only batch rows ``index`` (beam search / finished sequences). The identity
+        (beam search keeping every beam in place) copies nothing."""
+        if index.numel() == self.k.shape[0] and bool(
+                (index == torch.arange(index.numel(), device=index.device)).all()):
+            return
         self.k, self.v, self.meta = self.k[index], self.v[index], self.meta[index]

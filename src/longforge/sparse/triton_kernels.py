@@ -203,12 +203,17 @@ def quest_decode_triton(q, store, token_budget: int, scale: float, key_mask=None
     budget_pages = store.budget_pages(token_budget)
     if budget_pages is None:
         pages = torch.arange(n, device=q.device).expand(q.shape[0], store.k.shape[1], n)
-    elif combine == "rank":
-        pages = cpu.top_pages_by_rank(cpu.head_criticality(q, store), budget_pages)
+        return sparse_attention(q, store.k, store.v, pages, P, store.length, scale,
+                                store.pad_mask(key_mask), softcap)
+    page_ok = store.page_mask(key_mask)
+    if combine == "rank":
+        pages = cpu.top_pages_by_rank(cpu.head_criticality(q, store), budget_pages, page_ok)
     else:
-        pages = cpu.top_pages(criticality(q, store.meta, n), budget_pages)
-    return sparse_attention(q, store.k, store.v, pages, P, store.length, scale,
-                            store.pad_mask(key_mask), softcap)
+        pages = cpu.top_pages(criticality(q, store.meta, n), budget_pages, page_ok)
+    out = sparse_attention(q, store.k, store.v, pages, P, store.length, scale,
+                           store.pad_mask(key_mask), softcap)
+    return cpu.dense_rows(out, q, store, token_budget, scale, key_mask, softcap,
+                          dense=_dense_rows_step)
 
 
 def quest_decode_per_head_triton(q, store, token_budget: int, scale: float, key_mask=None,
@@ -219,8 +224,16 @@ def quest_decode_per_head_triton(q, store, token_budget: int, scale: float, key_
     budget_pages = store.budget_pages(token_budget)
     if budget_pages is None:
         return quest_decode_triton(q, store, token_budget, scale, key_mask, softcap)
-    top = cpu.top_pages(cpu.head_criticality(q, store), budget_pages)  # [B, H_kv, G, K]
+    top = cpu.top_pages(cpu.head_criticality(q, store), budget_pages,
+                        store.page_mask(key_mask))  # [B, H_kv, G, K]
     pages, mine = cpu.union_pages(top, store.n_pages)
-    return sparse_attention(q, store.k, store.v, pages, P, store.length, scale,
-                            store.pad_mask(key_mask), softcap,
-                            head_mask=mine.repeat_interleave(P, dim=-1))
+    out = sparse_attention(q, store.k, store.v, pages, P, store.length, scale,
+                           store.pad_mask(key_mask), softcap,
+                           head_mask=mine.repeat_interleave(P, dim=-1))
+    return cpu.dense_rows(out, q, store, token_budget, scale, key_mask, softcap,
+                          dense=_dense_rows_step)
+
+
+def _dense_rows_step(q, store, scale, key_mask, softcap):
+    """The dense step of :func:`quest_decode_triton` (every page, same kernel) for one row."""
+    return quest_decode_triton(q, store, store.length, scale, key_mask, softcap)
