@@ -51,6 +51,13 @@ def test_parse_methods_and_budgets():
     ms = parse_methods("dense,quest,h2o", "1/8,512")
     assert [m.label for m in ms] == ["dense", "quest@1/8", "quest@512", "h2o@1/8", "h2o@512"]
     assert Method("quest", "1/8").tokens(4096) == 512 and Method("dense").tokens(10) is None
+    # fractions are rounded to whole pages, at least one: every policy gets the same tokens
+    # and Quest's K = budget / P pages hold all of them
+    assert Method("quest", "1/8").tokens(2033, 16) == 256  # 254.1 tokens = 15.9 pages
+    assert Method("quest", "1/16").tokens(2033, 16) == 128  # 7.9 pages
+    assert Method("h2o", "1/4").tokens(200, 8) == 48  # 6.25 pages
+    assert Method("quest", "1/64").tokens(100, 16) == 16  # never below one page
+    assert Method("quest", "100").tokens(2033, 16) == 100  # tokens given are kept as given
     with pytest.raises(ValueError):
         parse_methods("quest", "half")
     with pytest.raises(ValueError):
@@ -63,18 +70,37 @@ def test_grid_runs_resumes_and_reports(tok, model, tmp_path, monkeypatch):
     res = run_grid("passkey", model, tok, passkey.build, passkey.score, [200], [0.0, 1.0], 1,
                    methods, tmp_path, **args)
     assert len(res.rows) == 8
-    assert {r["budget_tokens"] for r in res.rows if r["method"] == "quest"} == {len(
-        passkey.build(tok, 200, 0.0, 0)[0]) // 4}
+    n = len(passkey.build(tok, 200, 0.0, 0)[0])
+    assert {r["budget_tokens"] for r in res.rows if r["method"] != "dense"} == {
+        8 * round(n / 4 / 8)}
     monkeypatch.setattr(runner, "run_sample", lambda *a, **k: pytest.fail("recomputed"))
     res = run_grid("passkey", model, tok, passkey.build, passkey.score, [200], [0.0, 1.0], 1,
                    methods, tmp_path, **args)
     assert len(res.rows) == 8
     s = write_report(tmp_path)
     assert len(s["by_length"]) == 4
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["page_size"] == 8 and summary["dense_layers"] == 1 and summary["tail"] == 8
     assert (tmp_path / "summary.md").read_text().count("| quest | 1/4 |") == 3
     assert sorted(p.name for p in tmp_path.glob("heatmap_*.png")) == [
         "heatmap_dense.png", "heatmap_h2o.png", "heatmap_quest.png", "heatmap_streaming.png"]
     assert json.loads((tmp_path / "summary.json").read_text())["task"] == "passkey"
+
+
+def test_a_rerun_with_other_settings_is_refused(tok, model, tmp_path):
+    """Resume skips finished cells, so results made with other settings must not be mixed in."""
+    methods = parse_methods("quest", "1/4")
+    args = dict(tail=8, max_new=2, dense_layers=1)
+    run_grid("passkey", model, tok, passkey.build, passkey.score, [120], [0.5], 1, methods,
+             tmp_path, page_size=8, **args)
+    for change in (dict(page_size=4, settings=None), dict(page_size=8, settings={"model": "x"})):
+        with pytest.raises(ValueError, match="other settings.*page_size|other settings.*model"):
+            run_grid("passkey", model, tok, passkey.build, passkey.score, [120], [0.5], 1,
+                     methods, tmp_path, **args, **change)
+    (tmp_path / "config.json").unlink()  # results whose settings are unknown
+    with pytest.raises(ValueError, match="no config.json"):
+        run_grid("passkey", model, tok, passkey.build, passkey.score, [120], [0.5], 1, methods,
+                 tmp_path, page_size=8, **args)
 
 
 def test_dense_token_by_token_ppl_equals_teacher_forcing(tok, model, tmp_path):
@@ -105,7 +131,8 @@ def test_demo_stage_with_a_tiny_model(tok, model, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "sparse" / "results.jsonl").read_text().splitlines()]
     assert {(r["method"], r["depth"]) for r in rows} == {(m, d) for m in ("dense", "quest")
                                                         for d in DEPTHS}
-    assert all(r["budget_tokens"] in (None, r["context_tokens"] // 8) for r in rows)
+    assert all(r["budget_tokens"] in (None, 16 * round(r["context_tokens"] / 8 / 16))
+               for r in rows)
     assert "dense" in line and "Quest" in line and (tmp_path / "sparse" / "summary.md").exists()
 
 

@@ -19,7 +19,8 @@ _METHODS = typer.Option("dense,quest,streaming,h2o",
                         help="Comma-separated policies: dense, quest, quest-rank, quest-head "
                              "(the GQA selection ablations), streaming, h2o.")
 _BUDGETS = typer.Option("1/16,1/8,1/4", help="Token budgets: tokens (512) or fractions of the "
-                                             "context length (1/8), comma-separated.")
+                                             "context length (1/8, rounded to whole pages), "
+                                             "comma-separated.")
 _PAGE = typer.Option(16, help="Quest page size (tokens).")
 _DENSE = typer.Option(2, help="The first N layers (by index) decode densely (every policy). "
                               "Gemma 3 270M: 6 keeps its first full-attention layer (5) dense.")
@@ -45,7 +46,7 @@ def _load(model: str, device, dtype):
 
 
 def _grid(task: str, model, lengths, depths, trials, methods, budgets, out, tail, max_new,
-          page_size, dense_layers, seed, device, dtype):
+          page_size, dense_layers, seed, device, dtype, settings=None):
     from longforge.evals import niah, passkey
     from longforge.evals.report import write_report
     from longforge.evals.runner import parse_methods, run_grid
@@ -56,9 +57,8 @@ def _grid(task: str, model, lengths, depths, trials, methods, budgets, out, tail
     lm = _load(model, device, dtype)
     run_grid(task, lm.model, lm.tokenizer, mod.build, mod.score, _ints(lengths), _floats(depths),
              trials, ms, out, tail=tail, max_new=max_new, page_size=page_size,
-             dense_layers=dense_layers, seed=seed)
-    write_report(out, {"model": model, "page_size": page_size, "dense_layers": dense_layers,
-                       "tail": tail, "seed": seed})
+             dense_layers=dense_layers, seed=seed, settings={"model": model, **(settings or {})})
+    write_report(out)
     say(f"{task}: tables and heatmaps under {Path(out).resolve()}")
     typer.echo((Path(out) / "summary.md").read_text())
 
@@ -92,7 +92,8 @@ def niah(model: str = _MODEL, lengths: str = typer.Option("2048,4096,8192"),
 
     mod.set_haystack(haystack, source or None)
     _grid("niah", model, lengths, depths, trials, methods, budgets, out, tail, max_new,
-          page_size, dense_layers, seed, device, dtype)
+          page_size, dense_layers, seed, device, dtype,
+          {"haystack": str(haystack or "sample corpus"), "source": source})
 
 
 @app.command()
@@ -113,10 +114,9 @@ def ppl(model: str = _MODEL, lengths: str = typer.Option("4096", help="Context b
     hay.set_haystack(haystack, source or None)
     lm = _load(model, device, dtype)
     mod.run(lm.model, lm.tokenizer, _ints(lengths), tokens, parse_methods(methods, budgets), out,
-            page_size, dense_layers)
-    write_report(out, {"model": model, "page_size": page_size, "dense_layers": dense_layers,
-                       "tokens": tokens, "haystack": str(haystack or "sample corpus"),
-                       "source": source})
+            page_size, dense_layers, settings={"model": model, "source": source,
+                                               "haystack": str(haystack or "sample corpus")})
+    write_report(out)
     typer.echo((Path(out) / "summary.md").read_text())
 
 

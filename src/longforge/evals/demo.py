@@ -12,14 +12,18 @@ def sparse_stage(out_dir: Path, model) -> str:
 
     from longforge.evals import passkey
     from longforge.evals.report import write_report
-    from longforge.evals.runner import parse_methods, run_grid
+    from longforge.evals.runner import Results, parse_methods, run_grid
 
     out = out_dir / "sparse"
     with torch.no_grad():
         run_grid("passkey", model.model, model.tokenizer, passkey.build, passkey.score, [2048],
-                 DEPTHS, 1, parse_methods("dense,quest", "1/8"), out)
-    s = write_report(out, {"model": model.spec, "page_size": 16, "dense_layers": 2})
+                 DEPTHS, 1, parse_methods("dense,quest", "1/8"), out,
+                 settings={"model": model.spec})
+    s = write_report(out)
     acc = {r["method"]: r["value"] for r in s["overall"]}
+    rows = Results(out / "results.jsonl").rows
+    budget = sorted({r["budget_tokens"] for r in rows if r["method"] == "quest"})
     n = len(DEPTHS)
     return (f"passkey at 2048 tokens, {n} depths: dense {acc['dense']:.0%}, Quest with a "
-            f"256-token budget (1/8) {acc['quest']:.0%}; tables and heatmaps in {out}")
+            f"{'/'.join(map(str, budget))}-token budget (1/8) {acc['quest']:.0%}; tables and "
+            f"heatmaps in {out}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from longforge.models import cache_kw
-from longforge.evals.runner import Method, Results, prefill
+from longforge.evals.runner import BUDGET_RULE, Method, Results, pin_settings, prefill
 
 
 @torch.no_grad()
@@ -29,12 +29,17 @@ def nll_under(model, cache, policy, ids: list[int]) -> float:
 
 
 def run(model, tok, lengths, tokens: int, methods: list[Method], out_dir: Path,
-        page_size: int = 16, dense_layers: int = 2) -> Results:
+        page_size: int = 16, dense_layers: int = 2, settings: dict | None = None) -> Results:
+    """``settings``: what else the results depend on (model, text), pinned in ``config.json``
+    with the arguments here (see ``runner.pin_settings``)."""
     from longforge.evals import niah
     from longforge.progress import progress
     from longforge.sparse.hf import sparse_attention
     from longforge.sparse.policies import Dense
 
+    pin_settings(out_dir, {"task": "ppl", "page_size": page_size, "dense_layers": dense_layers,
+                           "tokens": tokens, "budgets": BUDGET_RULE, "dtype": str(model.dtype),
+                           **(settings or {})})
     res = Results(Path(out_dir) / "results.jsonl")
     with sparse_attention(model, Dense()):
         for L in lengths:
@@ -52,7 +57,7 @@ def run(model, tok, lengths, tokens: int, methods: list[Method], out_dir: Path,
                 nll = nll_under(model, copy.deepcopy(base), m.policy(L, page_size, dense_layers),
                                 ids[L - 1:])
                 n = len(ids) - L
-                res.add({**_row(m, L), "budget_tokens": m.tokens(L), "tokens": n,
+                res.add({**_row(m, L), "budget_tokens": m.tokens(L, page_size), "tokens": n,
                          "nll": nll / n, "ppl": math.exp(nll / n)})
     return res
 

@@ -1,6 +1,7 @@
 """Tables (JSON + Markdown) and depth x length heatmaps from a ``results.jsonl``."""
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -107,15 +108,18 @@ def heatmaps(task: str, s: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
-def write_report(out_dir: Path, meta: dict | None = None) -> dict:
-    """Write ``summary.json``, ``summary.md`` and heatmaps next to ``results.jsonl``."""
+def write_report(out_dir: Path) -> dict:
+    """Write ``summary.json`` (with the run's settings from ``config.json``), ``summary.md``
+    and heatmaps next to ``results.jsonl``."""
     out_dir = Path(out_dir)
     rows = Results(out_dir / "results.jsonl").rows
     if not rows:
         raise FileNotFoundError(f"no results in {out_dir / 'results.jsonl'}")
     task = rows[0]["task"]
     s = summarize(rows)
-    atomic_write_json(out_dir / "summary.json", {"task": task, **(meta or {}), **s})
+    config = out_dir / "config.json"
+    settings = json.loads(config.read_text()) if config.exists() else {}
+    atomic_write_json(out_dir / "summary.json", {**settings, "task": task, **s})
     atomic_write_text(out_dir / "summary.md", markdown(task, s))
     if task != "ppl":
         heatmaps(task, s, out_dir)

@@ -3,7 +3,13 @@
 Every method sees the same prompt, the same dense prefill of its first ``len - tail`` tokens
 (computed once, copied per method) and decodes the last ``tail`` prompt tokens one at a time,
 so decode-step attention (where the policies differ) reads the whole context. Results are
-appended to ``results.jsonl`` one cell at a time; a rerun skips the cells already there.
+appended to ``results.jsonl`` one cell at a time; a rerun skips the cells already there, and
+``config.json`` pins the settings they were made with, so a rerun with other settings into the
+same folder is refused instead of mixing cells.
+
+Budgets given as a fraction of the context are rounded to a whole number of pages (at least
+one), so that every policy attends the same number of tokens and Quest's K = budget / P pages
+hold exactly the budget.
 """
 from __future__ import annotations
 
@@ -29,17 +35,47 @@ class Method:
     def label(self) -> str:
         return self.name if self.name == "dense" else f"{self.name}@{self.budget}"
 
-    def tokens(self, length: int) -> int | None:
+    def tokens(self, length: int, page_size: int = 1) -> int | None:
+        """The token budget for a context of ``length`` tokens: a fraction of it, rounded to
+        the nearest whole number of ``page_size``-token pages (at least one); or the tokens
+        given."""
         if self.name == "dense":
             return None
         if "/" in self.budget:
-            num, den = self.budget.split("/")
-            return max(1, length * int(num) // int(den))
+            num, den = (int(x) for x in self.budget.split("/"))
+            return page_size * max(1, (2 * length * num + den * page_size) // (2 * den * page_size))
         return int(self.budget)
 
     def policy(self, length: int, page_size: int, dense_layers: int) -> Policy:
-        return make_policy(self.name, self.tokens(length), page_size=page_size,
+        return make_policy(self.name, self.tokens(length, page_size), page_size=page_size,
                            dense_layers=dense_layers)
+
+
+# How fractional budgets become tokens (recorded in config.json; see Method.tokens).
+BUDGET_RULE = "fraction of the context, rounded to whole pages"
+
+
+def pin_settings(out_dir: Path, settings: dict) -> None:
+    """Record ``settings`` in ``OUT/config.json`` on the first run; refuse a run with other
+    settings into a folder that holds results (resume would mix their cells)."""
+    from longforge.corpus import atomic_write_json
+
+    out_dir = Path(out_dir)
+    path = out_dir / "config.json"
+    settings = json.loads(json.dumps(settings))  # as it reads back
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), settings.get(k)) for k in sorted(old.keys() | settings.keys())
+                if old.get(k) != settings.get(k)}
+        if diff:
+            said = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise ValueError(f"{out_dir} holds results made with other settings ({said}): "
+                             "choose another --out, or the same settings to resume")
+        return
+    if Results(out_dir / "results.jsonl").rows:
+        raise ValueError(f"{out_dir} holds results but no config.json, so their settings are "
+                         "unknown: choose another --out")
+    atomic_write_json(path, settings)
 
 
 def parse_methods(methods: str, budgets: str) -> list[Method]:
@@ -162,16 +198,21 @@ def first_int(text: str) -> int | None:
 
 def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials: int,
              methods: list[Method], out_dir: Path, tail: int = 64, max_new: int = 12,
-             page_size: int = 16, dense_layers: int = 2, seed: int = 0) -> Results:
+             page_size: int = 16, dense_layers: int = 2, seed: int = 0,
+             settings: dict | None = None) -> Results:
     """Every (length, depth, trial) sample through every method; resumable.
 
     ``build(tokenizer, length, depth, rng_seed) -> (ids, expected)``;
-    ``score(output_text, expected) -> bool``.
+    ``score(output_text, expected) -> bool``. ``settings``: what else the results depend on
+    (model, haystack, ...), pinned in ``config.json`` with the arguments here.
     """
     from longforge.progress import progress
     from longforge.sparse.hf import sparse_attention
     from longforge.sparse.policies import Dense
 
+    pin_settings(out_dir, {"task": task, "page_size": page_size, "dense_layers": dense_layers,
+                           "tail": tail, "max_new": max_new, "seed": seed,
+                           "budgets": BUDGET_RULE, "dtype": str(model.dtype), **(settings or {})})
     res = Results(Path(out_dir) / "results.jsonl")
     cells = [(L, d, t) for L in lengths for d in depths for t in range(trials)]
     stop = number_done(tokenizer)
@@ -187,7 +228,7 @@ def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials:
                               stop, skip)
             for m, toks in outs.items():
                 text = tokenizer.decode(toks, skip_special_tokens=True)
-                res.add({**rows[m], "budget_tokens": m.tokens(len(ids)),
+                res.add({**rows[m], "budget_tokens": m.tokens(len(ids), page_size),
                          "context_tokens": len(ids), "expected": expected, "output": text,
                          "correct": bool(score(text, expected))})
     return res
