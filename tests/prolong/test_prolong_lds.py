@@ -50,9 +50,17 @@ def test_specificity_edge_cases():
 
 
 def test_nan_terms_count_as_zero_and_no_pairs_is_zero():
-    r = long_dependency_score([np.inf, 10, 10], [1, 2, 2], [0, 0, 1], [np.inf, 5, 9],
+    # (1, 0): strength 0.5, distance 0.5, DS_1 = 1 -> 1.0. Row 2 holds a NaN perplexity, so its
+    # specificity is NaN and both its terms, (2, 0) and the finite-strength (2, 1), count 0;
+    # the whole sum does not become NaN (which would zero the document).
+    r = long_dependency_score([10, 10, 10], [1, 2, 2], [0, 0, 1], [5, np.nan, 5],
                               max_chunks=3, threshold=0.1)
-    assert math.isfinite(r.lds) and r.lds > 0
+    assert r.lds == pytest.approx(1.0)
+    assert r.pairs_nonfinite == 2 and r.pairs_above_threshold == 1
+    assert r.mean_strength == pytest.approx(0.5) and r.mean_specificity == pytest.approx(1.0)
+    # an infinite single perplexity: strength inf - inf = NaN, nothing crashes, nothing counts
+    r = long_dependency_score([np.inf, np.inf], [1], [0], [np.inf], max_chunks=3)
+    assert r.lds == 0.0 and r.pairs_nonfinite == 1 and r.mean_strength is None
     assert long_dependency_score([10], [], [], []).lds == 0.0
 
 

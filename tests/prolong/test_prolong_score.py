@@ -103,6 +103,45 @@ def test_killed_run_resumes_without_rescoring(tmp_path, tiny):
     assert tiny.calls == []
 
 
+def test_kill_after_a_shard_ends_but_before_it_is_marked_done_loses_nothing(tmp_path, tiny,
+                                                                            monkeypatch):
+    from longforge import executor
+
+    corpus = _corpus(tmp_path)
+    real = executor.atomic_write_json
+
+    def killed(path, obj):
+        raise KeyboardInterrupt("killed before the shard was marked done")
+
+    monkeypatch.setattr(executor, "atomic_write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        score_corpus(corpus, tmp_path / "out", SETTINGS)
+    assert len(tiny.calls) == 6
+    monkeypatch.setattr(executor, "atomic_write_json", real)
+    tiny.calls = []
+    m = score_corpus(corpus, tmp_path / "out", SETTINGS)
+    assert tiny.calls == [] and m["used"] == 6 and len(read_scores(tmp_path / "out")) == 7
+
+
+def test_bad_options_are_refused_before_anything_is_written(tmp_path):
+    from dataclasses import replace
+
+    for bad, field in [(dict(fmt="json"), "--format"), (dict(device="gpu"), "--device"),
+                       (dict(dtype="fp8"), "dtype"), (dict(batch_tokens=4), "--batch-tokens")]:
+        with pytest.raises(ValueError, match=field):
+            score_corpus(_corpus(tmp_path), tmp_path / "out", replace(SETTINGS, **bad))
+        assert not (tmp_path / "out" / "settings.json").exists()
+
+
+def test_filter_refuses_an_unfinished_score_run(tmp_path, tiny):
+    corpus = _corpus(tmp_path)
+    tiny.fail_after = 2
+    with pytest.raises(KeyboardInterrupt):
+        score_corpus(corpus, tmp_path / "out", SETTINGS)
+    with pytest.raises(ValueError, match="has not finished"):
+        filter_corpus(tmp_path / "out", corpus, tmp_path / "kept", keep=0.5)
+
+
 def test_resume_with_other_settings_is_refused(tmp_path, tiny):
     corpus = _corpus(tmp_path)
     score_corpus(corpus, tmp_path / "out", SETTINGS)

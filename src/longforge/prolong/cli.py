@@ -35,7 +35,8 @@ def score(
     try:
         m = score_corpus([str(p) for p in input], output, s, num_shards=num_shards,
                          workers=workers, executor=executor)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, TypeError) as exc:  # TypeError: a model the fast
+        # path cannot reproduce (it says to use --path reference)
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(f"scored {m['used']} of {m['inputs']} input documents "
                f"(dropped {m['dropped_by_reason']}, skipped {m['skipped_by_reason']}); "

@@ -2,7 +2,7 @@
 
 1. one forward per chunk (batched) gives its KV cache *and* its single-chunk perplexity;
 2. each pair (j, i) then runs only chunk i's first c-1 tokens (the last one predicts nothing
-   that is scored) at positions c..2c-1 against chunk j's cached KV, many pairs per batch
+   that is scored) at positions c..2c-2 against chunk j's cached KV, many pairs per batch
    (all chunks have exactly c tokens: no padding);
 3. the LM head (for Gemma 3 270M a 262144 x 640 matrix: most of the FLOPs) runs only on the
    hidden states whose next token is scored, in cache-sized blocks of rows x vocabulary,
@@ -108,7 +108,8 @@ class FastScorer:
         x = torch.as_tensor(chunks, device=self.device)
         n, c = x.shape
         batch = max(1, self.batch_tokens // c)
-        # 1. every chunk once: its KV (per layer, [n, kv_heads, c, head_dim]) and single NLL
+        # 1. every chunk once: its KV (per layer, [n, kv_heads, c, head_dim], written into
+        # tensors allocated once: no list of pieces concatenated at twice the memory) and NLL
         keys, values, single = None, None, []
         for s in range(0, n, batch):
             b = x[s:s + batch]
@@ -116,15 +117,14 @@ class FastScorer:
             out = self.base(input_ids=b, **cache_kw(self.base, cache), use_cache=True)
             layers = cache.layers
             if keys is None:
-                keys, values = [[] for _ in layers], [[] for _ in layers]
+                keys = [layer.keys.new_empty((n, *layer.keys.shape[1:])) for layer in layers]
+                values = [layer.values.new_empty((n, *layer.values.shape[1:])) for layer in layers]
             for k, layer in enumerate(layers):
-                keys[k].append(layer.keys)
-                values[k].append(layer.values)
+                keys[k][s:s + len(b)] = layer.keys
+                values[k][s:s + len(b)] = layer.values
             h = out.last_hidden_state[:, :-1]
             single.append(self._nll(h.reshape(-1, h.shape[-1]), b[:, 1:].reshape(-1))
                           .view(len(b), c - 1).mean(1))
-        keys = [torch.cat(k) for k in keys]
-        values = [torch.cat(v) for v in values]
         # 2. chunk i's tokens 0..c-2 at positions c..2c-2 against chunk j's KV
         pos = torch.arange(c, 2 * c - 1, device=self.device)[None]
         pair = []

@@ -29,8 +29,18 @@ def select(records: list[dict], keep: float | None = None, threshold: float | No
     return {i for lds, i in scored if lds >= threshold}, threshold
 
 
+def _check_finished(scores) -> None:
+    """A score folder must hold a finished run: a top fraction of part of a corpus is not the
+    top fraction of the corpus."""
+    p = Path(scores)
+    if p.is_dir() and not (p / "manifest.json").exists():
+        raise ValueError(f"{p}: the score run there has not finished (no manifest.json); "
+                         "resume it with the same `longforge score` command first")
+
+
 def filter_corpus(scores, corpus, output, *, keep: float | None = None,
                   threshold: float | None = None, fmt: str | None = None) -> dict:
+    _check_finished(scores)
     records = read_scores(scores)
     by_id = {r["id"]: r for r in records}
     kept, cutoff = select(records, keep, threshold)

@@ -9,6 +9,10 @@ Given chunk perplexities ``single_ppl[i]`` (chunk i alone) and pair perplexities
 * specificity DS_i from the raw deltas of row i over its scored j's: n == 0 -> 0, n == 1 -> 1,
   else clip((log n - H(softmax(row))) / log n, 0, 1);
 * LDS = sum over scored pairs with strength > t of (strength + distance) * DS_i (NaN -> 0).
+
+A term that is not finite (a perplexity that overflowed or came out NaN) counts as 0, as in the
+authors' code, and is counted in ``pairs_nonfinite`` so that it is never silent; the means are
+taken over finite values (None when there are none).
 """
 from __future__ import annotations
 
@@ -72,6 +76,7 @@ class LDSResult:
     mean_strength: float | None     # over scored pairs
     mean_distance: float | None     # over scored pairs
     mean_specificity: float | None  # over chunks i with at least one scored pair
+    pairs_nonfinite: int = 0        # scored pairs whose term is NaN or infinite (counted as 0)
 
 
 def long_dependency_score(single_ppl, pair_i, pair_j, pair_ppl, *, max_chunks: int = 256,
@@ -82,20 +87,26 @@ def long_dependency_score(single_ppl, pair_i, pair_j, pair_ppl, *, max_chunks: i
     pi, pj = np.asarray(pair_i, dtype=np.int64), np.asarray(pair_j, dtype=np.int64)
     pair = np.asarray(pair_ppl, dtype=np.float64)
     if len(pi) == 0:
-        return LDSResult(0.0, 0, 0, None, None, None)
+        return LDSResult(0.0, 0, 0, None, None, None, 0)
     if np.any(pj >= pi):
         raise ValueError("every pair must have j < i")
-    delta = single[pi] - pair
-    strength = delta / single[pi]
     distance = np.clip((pi - pj) / max(max_chunks - 1, 1), 0.0, 1.0)
-    rows = np.unique(pi)
-    ds = {int(i): specificity(delta[pi == i]) for i in rows}
-    ds_per_pair = np.array([ds[int(i)] for i in pi])
-    terms = (strength + distance) * ds_per_pair
-    above = strength > threshold
-    lds = float(np.nansum(np.where(above, terms, 0.0)))
-    return LDSResult(lds=0.0 if math.isnan(lds) else lds, pairs_scored=len(pi),
-                     pairs_above_threshold=int(above.sum()),
-                     mean_strength=float(np.nanmean(strength)),
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # non-finite: counted
+        delta = single[pi] - pair
+        strength = delta / single[pi]
+        ds = {int(i): specificity(delta[pi == i]) for i in np.unique(pi)}
+        terms = (strength + distance) * np.array([ds[int(i)] for i in pi])
+    finite = np.isfinite(terms)
+    above = (strength > threshold) & finite
+    lds = float(np.sum(terms, where=above))
+    return LDSResult(lds=lds, pairs_scored=len(pi), pairs_above_threshold=int(above.sum()),
+                     mean_strength=_finite_mean(strength),
                      mean_distance=float(distance.mean()),
-                     mean_specificity=float(np.mean(list(ds.values()))))
+                     mean_specificity=_finite_mean(list(ds.values())),
+                     pairs_nonfinite=int((~finite).sum()))
+
+
+def _finite_mean(values) -> float | None:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else None

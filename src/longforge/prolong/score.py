@@ -6,8 +6,9 @@ Layout of the output folder::
     manifest.json            every input accounted for: scored, too short, or skipped by the reader
     settings.json            what the run was asked for (a resumed run must ask for the same)
     _state/                  shard-<n>.json when a shard is done; shard-<n>.partial.jsonl while
-                             it runs (one line per finished document, so a killed run resumes
-                             without redoing finished documents)
+                             it runs (one line per finished document, appended as it finishes,
+                             so a killed run resumes without redoing finished documents; the
+                             scores file is written from it, streaming, when the shard ends)
 """
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ from longforge.executor import make_executor
 from longforge.progress import progress, say
 from longforge.prolong.lds import doc_rng, long_dependency_score, make_chunks, sample_pairs
 
+FORMATS = ("jsonl", "jsonl.gz", "parquet")
 SCORE_FIELDS = ("id", "source", "lds", "n_tokens", "n_chunks", "pairs_total", "pairs_scored",
                 "pairs_above_threshold", "mean_strength", "mean_distance", "mean_specificity",
-                "skip")
+                "pairs_nonfinite", "skip")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,18 @@ class ScoreSettings:
             raise ValueError("--pairs must be at least 1")
         if self.path not in ("fast", "reference"):
             raise ValueError(f"--path must be 'fast' or 'reference', not {self.path!r}")
+        if self.fmt not in FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(FORMATS)}, not {self.fmt!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+        if self.dtype != "auto":
+            import torch
+
+            from longforge.models import resolve_dtype
+
+            resolve_dtype(self.dtype, torch.device("cpu"))  # raises on an unknown name
+        if self.batch_tokens < self.chunk_size:
+            raise ValueError("--batch-tokens must be at least --chunk-size")
 
 
 def _schema():
@@ -60,7 +74,8 @@ def _schema():
                       ("n_tokens", i64), ("n_chunks", i64), ("pairs_total", i64),
                       ("pairs_scored", i64), ("pairs_above_threshold", i64),
                       ("mean_strength", f64), ("mean_distance", f64),
-                      ("mean_specificity", f64), ("skip", pa.string())])
+                      ("mean_specificity", f64), ("pairs_nonfinite", i64),
+                      ("skip", pa.string())])
 
 
 def make_scorer(model, settings: ScoreSettings):
@@ -79,7 +94,7 @@ def score_document(doc_id: str, token_ids, scorer, s: ScoreSettings, source=None
     rec = dict.fromkeys(SCORE_FIELDS)
     rec.update(id=doc_id, source=source, n_tokens=len(token_ids),
                n_chunks=min(n_avail, s.max_chunks), pairs_total=0, pairs_scored=0,
-               pairs_above_threshold=0)
+               pairs_above_threshold=0, pairs_nonfinite=0)
     if n_avail < 2:
         rec["skip"] = "too_short"
         return rec
@@ -121,15 +136,24 @@ def use_model(lm, s: ScoreSettings) -> None:
     _LOADED[_key(s)] = (lm, make_scorer(lm.model, s))
 
 
-def _read_partial(path: Path) -> dict[str, dict]:
-    done: dict[str, dict] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
+def _resume_log(path: Path) -> set[str]:
+    """Ids of the documents a killed run finished (one JSON line each in ``path``); the line
+    it was writing when killed, if any, is cut off so that new lines follow whole ones."""
+    done: set[str] = set()
+    if not path.exists():
+        return done
+    good = 0
+    with open(path, "rb") as fh:
+        for line in fh:
+            if not line.endswith(b"\n"):
                 break  # the line a killed run was writing
-            done[rec["id"]] = rec
+            try:
+                done.add(json.loads(line)["id"])
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                break
+            good += len(line)
+    with open(path, "r+b") as fh:
+        fh.truncate(good)
     return done
 
 
@@ -147,38 +171,41 @@ class ScoreTask:
             import torch
             torch.set_num_threads(self.threads)
         s, out = self.settings, Path(self.output)
-        partial = out / "_state" / f"shard-{shard:05d}.partial.jsonl"
-        done = _read_partial(partial)
-        manifest, records, t0, tokens = Manifest(), [], time.time(), 0
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "w", encoding="utf-8") as fh:  # rewrite the clean lines, go on
-            for rec in done.values():
-                fh.write(json.dumps(rec, sort_keys=True) + "\n")
+        log = partial_log(out, shard)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        done = _resume_log(log)
+        manifest, t0, tokens = Manifest(), time.time(), 0
+        with open(log, "a", encoding="utf-8") as fh:  # finished documents, in input order
             docs = read_documents(self.inputs, manifest, shard=shard, num_shards=num_shards)
             for doc in progress(docs, desc=f"score shard {shard}", unit="doc"):
-                rec = done.get(doc.id)
-                if rec is None:
-                    lm, scorer = _model_and_scorer(s)
-                    ids = lm.tokenizer(doc.text, add_special_tokens=False)["input_ids"]
-                    vocab = lm.model.config.vocab_size
-                    if ids and max(ids) >= vocab:
-                        raise ValueError(f"{doc.location}: the tokenizer of {s.model!r} gives "
-                                         f"token id {max(ids)} >= the model's vocabulary {vocab}")
-                    rec = score_document(doc.id, ids, scorer, s, source=doc.source)
-                    fh.write(json.dumps(rec, sort_keys=True) + "\n")
-                    fh.flush()
-                records.append(rec)
-                tokens += rec["n_chunks"] * s.chunk_size if rec["skip"] is None else 0
+                if doc.id in done:
+                    continue
+                lm, scorer = _model_and_scorer(s)
+                ids = lm.tokenizer(doc.text, add_special_tokens=False)["input_ids"]
+                vocab = lm.model.config.vocab_size
+                if ids and max(ids) >= vocab:
+                    raise ValueError(f"{doc.location}: the tokenizer of {s.model!r} gives "
+                                     f"token id {max(ids)} >= the model's vocabulary {vocab}")
+                rec = score_document(doc.id, ids, scorer, s, source=doc.source)
+                fh.write(json.dumps(rec, sort_keys=True) + "\n")
+                fh.flush()
+        # the scores file, streamed from the log (the log goes once the shard is marked done)
+        with ShardWriter(out, "scores", shard, s.fmt, schema=_schema()) as w, \
+                open(log, encoding="utf-8") as fh:
+            for line in fh:
+                rec = json.loads(line)
+                w.write(rec)
                 if rec["skip"]:
                     manifest.drop(rec["skip"])
                 else:
                     manifest.used += 1
-        with ShardWriter(out, "scores", shard, s.fmt, schema=_schema()) as w:
-            for rec in records:
-                w.write(rec)
-        partial.unlink()
+                    tokens += rec["n_chunks"] * s.chunk_size
         return {"manifest": manifest.to_dict(), "seconds": time.time() - t0,
                 "scored_tokens": tokens, "resumed_documents": len(done)}
+
+
+def partial_log(out: Path, shard: int) -> Path:
+    return Path(out) / "_state" / f"shard-{shard:05d}.partial.jsonl"
 
 
 def score_corpus(inputs, output, settings: ScoreSettings = ScoreSettings(), *,
@@ -200,6 +227,8 @@ def score_corpus(inputs, output, settings: ScoreSettings = ScoreSettings(), *,
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
     task = ScoreTask(inputs, str(out), settings, threads)
     results = make_executor(executor, workers, out / "_state", desc="score shards").run(task, num_shards)
+    for shard in range(num_shards):  # every shard is marked done now: its log has served
+        partial_log(out, shard).unlink(missing_ok=True)
     manifest = Manifest()
     for r in results:
         manifest.merge(Manifest.from_dict(r["manifest"]))
