@@ -136,6 +136,17 @@ def test_quest_with_left_padding_matches_unpadded_row(arch):
     assert _maxdiff(_gen(m, ids[1:, 16:], mask[1:, 16:]), alone) > 1e-4  # sparse, not dense
 
 
+def test_draft_and_verify_decoding_is_refused_not_run_densely():
+    """Assisted / prompt-lookup decoding verifies drafts in multi-token forwards, which would
+    run densely: refused with a reason, not silently dense."""
+    m = tiny_model("tiny-llama")
+    ids, mask = _inputs(b=1, t=40)
+    with longforge.quest(m, token_budget=16):
+        with pytest.raises(ValueError, match="prompt_lookup_num_tokens.*densely"):
+            m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4,
+                       prompt_lookup_num_tokens=3)
+
+
 def test_context_manager_restores_everything():
     m = tiny_model("tiny-llama")
     ids, mask = _inputs(t=40)

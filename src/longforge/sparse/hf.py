@@ -284,6 +284,12 @@ def sparse_attention(model, policy: Policy, max_len: int | None = None):
 
         @functools.wraps(stock_generate)
         def generate(*args, **kwargs):
+            drafts = [k for k in _DRAFT_ARGS if kwargs.get(k) is not None]
+            if drafts:
+                raise ValueError(f"{', '.join(drafts)}: assisted and prompt-lookup decoding "
+                                 "verify several draft tokens in one forward, which the sparse "
+                                 "policies run densely, like a prefill; the output would not be "
+                                 "the policy's. Decode one token per step inside this context.")
             past = next((kwargs[n] for n in ("cache", "past_key_values")
                          if kwargs.get(n) is not None), None)
             if past is None:
@@ -310,6 +316,10 @@ def sparse_attention(model, policy: Policy, max_len: int | None = None):
         vars(model).pop("_longforge_active", None)
         model.set_attn_implementation(previous_impl)
         _unregister()
+
+
+# generate() arguments that turn on draft-and-verify decoding (several query tokens per step)
+_DRAFT_ARGS = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
 
 
 def _generate_length(model, args, kwargs) -> int:
