@@ -2,6 +2,7 @@
 Quest at 1/8 of the context (one shared prefill per sample; about a minute on 2 CPU cores)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 DEPTHS = [0.0, 0.5, 1.0]
@@ -15,6 +16,8 @@ def sparse_stage(out_dir: Path, model) -> str:
     from longforge.evals.runner import Results, parse_methods, run_grid
 
     out = out_dir / "sparse"
+    if out.exists() and not (out / "config.json").exists():
+        shutil.rmtree(out)  # the demo's own folder, from a version that did not pin settings
     with torch.no_grad():
         run_grid("passkey", model.model, model.tokenizer, passkey.build, passkey.score, [2048],
                  DEPTHS, 1, parse_methods("dense,quest", "1/8"), out,
