@@ -119,3 +119,73 @@ def test_gzip_output_is_byte_identical(tmp_path):
     with ShardWriter(tmp_path / "2", fmt="jsonl.gz") as w2:
         w2.write(docs[0])
     assert w1.path.read_bytes() == w2.path.read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "jsonl.gz", "parquet"])
+def test_documents_keep_source_and_meta_whatever_the_first_one_has(tmp_path, fmt):
+    docs = [Document("a", "x"), Document("b", "y", source="lic", meta={"k": 1}),
+            *[Document(f"c{i}", "z", meta={f"key{i}": [i, "v"]}) for i in range(1100)]]
+    with ShardWriter(tmp_path, fmt=fmt) as w:  # > 1024 records: two Parquet batches
+        for d in docs:
+            w.write(d)
+    back = list(read_corpus(w.path))
+    assert [(d.id, d.source, d.meta) for d in back] == [(d.id, d.source, d.meta) for d in docs]
+
+
+def test_parquet_records_of_other_fields_are_kept_or_refused_clearly(tmp_path):
+    with ShardWriter(tmp_path, prefix="ok", fmt="parquet") as w:
+        w.write({"a": 1})
+        w.write({"a": 2, "b": "x"})  # same batch: a column of its own, null for the first
+    assert pq.read_table(w.path).to_pylist() == [{"a": 1, "b": None}, {"a": 2, "b": "x"}]
+    with pytest.raises(ValueError, match=r"record 1025 has fields \['c'\]"):
+        with ShardWriter(tmp_path, prefix="bad", fmt="parquet") as w:
+            for i in range(1024):
+                w.write({"a": i})
+            w.write({"a": 0, "c": "new"})
+    assert not list(tmp_path.glob("*bad*"))  # no temporary file left behind
+
+
+def test_unreadable_files_are_reported_and_the_next_file_is_read(tmp_path):
+    root = tmp_path / "c"
+    root.mkdir()
+    good = b'{"id": "a", "text": "first"}\n{"id": "b", "text": "second"}\n' * 2000
+    whole = gzip.compress(good.replace(b'"a"', b'"a0"', 1))
+    (root / "1-truncated.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    (root / "2-not-gzip.jsonl.gz").write_bytes(b"plain text, not gzip")
+    (root / "3-corrupt.parquet").write_bytes(b"PAR1 this is not parquet")
+    _write_jsonl(root / "4-fine.jsonl", [b'{"id": "z", "text": "after the broken ones"}'])
+    items = list(read_corpus(root))
+    skips = [i for i in items if isinstance(i, Skip)]
+    assert [s.reason for s in skips if s.reason == "unreadable"] == ["unreadable"] * 3
+    trunc = next(s for s in skips if "1-truncated" in s.location)
+    assert int(trunc.location.rsplit(":", 1)[1]) > 1  # where reading stopped
+    assert items[-1].id == "z"  # the run went on
+    assert "2-not-gzip.jsonl.gz:1" in str(skips) and "3-corrupt.parquet:1" in str(skips)
+
+
+def test_parquet_string_that_is_not_utf8_is_skipped_with_its_field(tmp_path):
+    import numpy as np
+
+    data, offsets = b"okcaf\xe9", np.array([0, 2, 6], dtype=np.int32)
+    text = pa.Array.from_buffers(pa.string(), 2, [None, pa.py_buffer(offsets.tobytes()),
+                                                  pa.py_buffer(data)])
+    pq.write_table(pa.table({"id": ["p1", "p2"], "text": text}), tmp_path / "c.parquet")
+    items = list(read_corpus(tmp_path / "c.parquet"))
+    assert items[0].text == "ok"
+    assert items[1].reason == "undecodable" and items[1].field == "text"
+    assert items[1].location.endswith("c.parquet:2")
+
+
+def test_folders_read_other_files_as_text_and_ids_do_not_collide(tmp_path):
+    root = tmp_path / "f"
+    for sub in ("a", "b"):
+        (root / sub).mkdir(parents=True)
+        _write_jsonl(root / sub / "data.jsonl", [b'{"text": "no id here"}'])
+    (root / "a" / "tool.py").write_text("print('source code is text')\n")
+    (root / "a" / "ls.1").write_text(".TH LS 1\n")
+    (root / "a" / "blob.bin").write_bytes(b"\x00\xff\x00\xfe")
+    items = list(read_corpus(root))
+    docs = {d.id: d for d in items if isinstance(d, Document)}
+    assert {"a/data.jsonl:1", "b/data.jsonl:1", "a/tool.py", "a/ls.1"} <= set(docs)
+    assert docs["a/tool.py"].source == "a"
+    assert [s.reason for s in items if isinstance(s, Skip)] == ["undecodable"]

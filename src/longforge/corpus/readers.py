@@ -1,14 +1,19 @@
 """Stream documents from JSONL(.gz), Parquet, or folders of text files.
 
 Every input record yields either a :class:`Document` or a :class:`Skip` naming the file, the
-line (row) and the field at fault, so that no input is lost without a reason. Only the set of
-ids seen is kept in memory (to catch duplicate ids); texts stream.
+line (row) and the field at fault, so that no input is lost without a reason. A file that
+cannot be read on (a truncated gzip stream, a corrupt Parquet file) yields one ``unreadable``
+Skip at the line where reading stopped, and the run goes on with the next file. Inside a
+folder, files that are neither JSONL nor Parquet are read as text documents (source code,
+manual pages, ...; a binary file is an ``undecodable`` Skip). Only the set of ids seen is kept
+in memory (to catch duplicate ids); texts stream.
 """
 from __future__ import annotations
 
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -23,7 +28,7 @@ class CorpusError(ValueError):
     """Input that cannot be read at all (missing file, unknown format)."""
 
 
-def _kind(path: Path) -> str:
+def _kind(path: Path) -> str | None:
     name = path.name.lower()
     if name.endswith(JSONL_SUFFIXES):
         return "jsonl"
@@ -31,8 +36,7 @@ def _kind(path: Path) -> str:
         return "parquet"
     if name.endswith(TEXT_SUFFIXES):
         return "text"
-    raise CorpusError(f"{path}: unknown corpus format (expected one of "
-                      f"{JSONL_SUFFIXES + PARQUET_SUFFIXES + TEXT_SUFFIXES}, or a folder)")
+    return None
 
 
 def iter_input_files(inputs: str | Path | Iterable[str | Path]) -> list[tuple[Path, Path]]:
@@ -49,43 +53,83 @@ def iter_input_files(inputs: str | Path | Iterable[str | Path]) -> list[tuple[Pa
             if not found:
                 raise CorpusError(f"{p}: folder holds no files")
             files.extend((f, p) for f in found)
+        elif _kind(p) is None:
+            raise CorpusError(f"{p}: unknown corpus format (expected one of "
+                              f"{JSONL_SUFFIXES + PARQUET_SUFFIXES + TEXT_SUFFIXES}, or a "
+                              "folder, whose other files are read as text)")
         else:
             files.append((p, p.parent))
     return files
 
 
+def _unreadable(path: Path, line: int, exc: BaseException) -> Skip:
+    return Skip(f"{path}:{line}", "unreadable",
+                f"the file cannot be read from this record on ({type(exc).__name__}: {exc}); "
+                "records after it, if any, are lost")
+
+
 def _jsonl_records(path: Path, fields: dict[str, str]) -> Iterator[Document | Skip]:
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            loc = f"{path}:{lineno}"
-            if not raw.strip():
-                continue  # blank lines are not records
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield Skip(loc, "undecodable", f"not valid UTF-8 at byte {exc.start}")
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield Skip(loc, "invalid_json", f"{exc.msg} (column {exc.colno})")
-                continue
-            if not isinstance(rec, dict):
-                yield Skip(loc, "invalid_record", f"expected a JSON object, got {type(rec).__name__}")
-                continue
-            yield _from_record(rec, loc, fields)
+    lineno = 0
+    try:
+        with opener(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                loc = f"{path}:{lineno}"
+                if not raw.strip():
+                    continue  # blank lines are not records
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield Skip(loc, "undecodable", f"not valid UTF-8 at byte {exc.start}")
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield Skip(loc, "invalid_json", f"{exc.msg} (column {exc.colno})")
+                    continue
+                if not isinstance(rec, dict):
+                    yield Skip(loc, "invalid_record",
+                               f"expected a JSON object, got {type(rec).__name__}")
+                    continue
+                yield _from_record(rec, loc, fields)
+    except (OSError, EOFError, zlib.error) as exc:  # truncated or corrupt gzip, I/O error
+        yield _unreadable(path, lineno + 1, exc)
 
 
 def _parquet_records(path: Path, fields: dict[str, str]) -> Iterator[Document | Skip]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
     row = 0
-    for batch in pf.iter_batches(batch_size=1024):
-        for rec in batch.to_pylist():
-            row += 1
-            yield _from_record(rec, f"{path}:{row}", fields)
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            try:
+                rows = batch.to_pylist()
+            except UnicodeDecodeError:  # a string that is not UTF-8: find it row by row
+                rows = None
+            for i in range(batch.num_rows):
+                row += 1
+                loc = f"{path}:{row}"
+                if rows is not None:
+                    yield _from_record(rows[i], loc, fields)
+                    continue
+                one = batch.slice(i, 1)
+                bad = [name for name, col in zip(one.schema.names, one.columns)
+                       if not _decodes(col)]
+                if bad:
+                    yield Skip(loc, "undecodable", "not valid UTF-8", field=bad[0])
+                else:
+                    yield _from_record(one.to_pylist()[0], loc, fields)
+    except (OSError, pa.ArrowException) as exc:
+        yield _unreadable(path, row + 1, exc)
+
+
+def _decodes(column) -> bool:
+    try:
+        column.to_pylist()
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 def _text_record(path: Path, root: Path) -> Document | Skip:
@@ -112,18 +156,27 @@ def _from_record(rec: dict, loc: str, fields: dict[str, str]) -> Document | Skip
                     id=rid, field=tf)
     if not text.strip():
         return Skip(loc, "empty", "text is empty or whitespace only", id=rid, field=tf)
-    meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+    meta = rec.get("meta")
+    if isinstance(meta, str):  # JSON text, as the Parquet writer stores it
+        try:
+            parsed = json.loads(meta)
+        except json.JSONDecodeError:
+            parsed = None
+        meta = parsed if isinstance(parsed, dict) else meta
     extra = {k: v for k, v in rec.items() if k not in (tf, idf, sf, "meta")}
+    if meta is not None and not isinstance(meta, dict):
+        extra["meta"], meta = meta, {}  # kept as a field, not dropped
     source = rec.get(sf)
     return Document(id=rid, text=text, source=None if source is None else str(source),
-                    meta={**meta, **extra}, location=loc)
+                    meta={**(meta or {}), **extra}, location=loc)
 
 
 def read_corpus(inputs, *, text_field: str = "text", id_field: str = "id",
                 source_field: str = "source") -> Iterator[Document | Skip]:
     """Yield a Document or a Skip for every input record, in a stable order.
 
-    Records without an id get ``<file stem>:<line>``. A repeated id is skipped
+    Records without an id get ``<file>:<line>``, the file's path relative to the folder given
+    (so two folders' ``data.jsonl`` do not collide). A repeated id is skipped
     (``duplicate_id``) and the first occurrence is kept.
     """
     fields = {"text": text_field, "id": id_field, "source": source_field}
@@ -134,12 +187,13 @@ def read_corpus(inputs, *, text_field: str = "text", id_field: str = "id",
             records: Iterable[Document | Skip] = _jsonl_records(path, fields)
         elif kind == "parquet":
             records = _parquet_records(path, fields)
-        else:
+        else:  # a text file, or any other file inside a folder
             records = [_text_record(path, root)]
         for item in records:
             if isinstance(item, Document):
                 if item.id is None:
-                    item.id = f"{path.name}:{item.location.rsplit(':', 1)[1]}"
+                    rel = path.relative_to(root).as_posix()
+                    item.id = f"{rel}:{item.location.rsplit(':', 1)[1]}"
                 if item.id in seen:
                     item = Skip(item.location, "duplicate_id",
                                 f"id '{item.id}' was already used by an earlier document",

@@ -28,12 +28,25 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def document_schema():
+    """Parquet schema of :class:`Document` records: ``meta`` is JSON text, so documents whose
+    metadata differ share one schema (the readers turn it back into a dict)."""
+    import pyarrow as pa
+
+    return pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
+                      ("meta", pa.string())])
+
+
 class ShardWriter:
     """Write records to ``<dir>/<prefix>-<shard:05d>.<ext>`` atomically.
 
-    ``fmt`` is ``jsonl``, ``jsonl.gz`` or ``parquet``. Records are dicts. Use as a context
-    manager: on a clean exit the file is renamed into place, on an exception it is removed.
-    gzip output is written with mtime 0 so equal inputs give equal bytes.
+    ``fmt`` is ``jsonl``, ``jsonl.gz`` or ``parquet``. Records are dicts (or Documents). Use as
+    a context manager: on a clean exit the file is renamed into place, on an exception it is
+    removed. gzip output is written with mtime 0 so equal inputs give equal bytes.
+
+    Parquet without a ``schema``: the columns are those of the first batch of records (every
+    field any of them has, in order of appearance); a later record with a field they lacked is
+    an error (give a schema), a missing field is null. Documents get :func:`document_schema`.
     """
 
     def __init__(self, out_dir: str | Path, prefix: str = "part", shard: int = 0,
@@ -59,7 +72,13 @@ class ShardWriter:
 
     def write(self, record: dict | Document) -> None:
         if isinstance(record, Document):
-            record = record.to_record()
+            if self.fmt == "parquet":
+                self.schema = self.schema or document_schema()
+                record = {"id": record.id, "text": record.text, "source": record.source,
+                          "meta": json.dumps(record.meta, ensure_ascii=False, sort_keys=True)
+                          if record.meta else None}
+            else:
+                record = record.to_record()
         self.count += 1
         if self.fmt == "parquet":
             self._rows.append(record)
@@ -72,31 +91,52 @@ class ShardWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist(self._rows, schema=self.schema)
+        schema = self.schema or (self._pq.schema if self._pq is not None else None)
+        if schema is None:  # the first batch: every field any record has
+            names = list(dict.fromkeys(k for r in self._rows for k in r))
+            table = pa.Table.from_pydict({k: [r.get(k) for r in self._rows] for k in names})
+        else:
+            known = set(schema.names)
+            for n, r in enumerate(self._rows, start=self.count - len(self._rows) + 1):
+                if not known.issuperset(r):
+                    raise ValueError(f"{self.path}: record {n} has fields "
+                                     f"{sorted(set(r) - known)} that the earlier records lacked; "
+                                     "give the writer a schema")
+            table = pa.Table.from_pylist(self._rows, schema=schema)
         if self._pq is None:
             self._pq = pq.ParquetWriter(self._tmp, table.schema)
         self._pq.write_table(table)
         self._rows = []
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.fmt == "parquet":
-            if exc_type is None and (self._rows or self._pq is None):
+        try:
+            self._finish(exc_type is None)
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+        if exc_type is None:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
+
+    def _finish(self, ok: bool) -> None:
+        """Write what is buffered (``ok``) and close the file."""
+        if self.fmt != "parquet":
+            self._fh.close()
+            if self.fmt == "jsonl.gz":
+                self._raw.close()
+            return
+        try:
+            if ok and (self._rows or self._pq is None):
                 if self._rows or self.schema is not None:
                     self._flush_parquet()
                 else:  # empty shard without a schema: write an empty table
                     import pyarrow as pa
                     import pyarrow.parquet as pq
                     pq.write_table(pa.table({}), self._tmp)
+        finally:
             if self._pq is not None:
                 self._pq.close()
-        else:
-            self._fh.close()
-            if self.fmt == "jsonl.gz":
-                self._raw.close()
-        if exc_type is None:
-            os.replace(self._tmp, self.path)
-        else:
-            self._tmp.unlink(missing_ok=True)
 
 
 def write_documents(docs: Iterable[Document | dict], out_dir: str | Path, *, prefix: str = "part",
