@@ -95,3 +95,15 @@ def test_standard_is_a_seeded_shuffle():
     ids = [f"d{i}" for i in range(30)]
     assert standard_groups(ids, 0) == standard_groups(list(reversed(ids)), 0)
     assert standard_groups(ids, 0) != standard_groups(ids, 1)
+
+
+def test_seq_keeps_running_counts_and_adds_in_constant_time():
+    import time
+
+    n = {f"d{i}": 1 for i in range(40_000)}  # 2 tokens each with separator: one sequence
+    t0 = time.perf_counter()
+    seqs = list(Packer(80_000, n, "carry", "mix").pack([list(n)]))
+    assert time.perf_counter() - t0 < 10  # walking every piece on each add: ~10^9 steps
+    (s,) = seqs
+    assert s.used == sum(p.length for p in s.pieces) == 80_000
+    assert s.docs == set(n) and s.has("d7") and not s.has("x")

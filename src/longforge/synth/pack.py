@@ -42,15 +42,21 @@ class Piece:
 
 @dataclass
 class Seq:
+    """An open or finished sequence. ``used`` (tokens so far, separators included) and ``docs``
+    are kept up to date by :meth:`add`, so adding a piece costs O(1) however many documents the
+    sequence already holds."""
     pieces: list[Piece] = field(default_factory=list)
     n_pad: int = 0
+    used: int = 0
+    docs: set[str] = field(default_factory=set)
 
-    @property
-    def used(self) -> int:
-        return sum(p.length for p in self.pieces)
+    def add(self, piece: Piece) -> None:
+        self.pieces.append(piece)
+        self.used += piece.length
+        self.docs.add(piece.doc)
 
     def has(self, doc: str) -> bool:
-        return any(p.doc == doc for p in self.pieces)
+        return doc in self.docs
 
 
 @dataclass
@@ -99,14 +105,14 @@ class Packer:
             space = self.L - self.cur.used
             rest = n - start + 1  # tokens left plus the separator
             if rest <= space:
-                self.cur.pieces.append(Piece(doc, start, n, True, group))
+                self.cur.add(Piece(doc, start, n, True, group))
                 if rest == space:
                     yield from self._emit(pad=False)
                 return
             if self.boundary == "pad" and self.cur.pieces:
                 yield from self._emit(pad=True)
                 continue
-            self.cur.pieces.append(Piece(doc, start, start + space, False, group))
+            self.cur.add(Piece(doc, start, start + space, False, group))
             start += space
             yield from self._emit(pad=False)
             if self.boundary == "truncate":

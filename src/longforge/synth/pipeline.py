@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -159,23 +160,46 @@ def _record(seq: Seq, tokens: _Tokens, eos: str, eos_id: int, pad_id: int, metho
     return rec, ids
 
 
-def _write(cfg: SynthConfig, seqs: list[Seq], group_kw: list, source: dict[str, str]) -> None:
+class _Packed:
+    """What the rest of a run needs to know about the packed sequences, gathered while they are
+    written (the sequences themselves are not kept): the documents used, the packed tokens per
+    Quest keyword, and the number of sequences."""
+
+    def __init__(self):
+        self.used: set[str] = set()
+        self.usage: Counter = Counter()
+        self.sequences = 0
+
+    def add(self, seq: Seq, group_kw: list) -> None:
+        self.sequences += 1
+        for p in seq.pieces:
+            self.used.add(p.doc)
+            if group_kw[p.group] is not None:
+                self.usage[group_kw[p.group]] += p.length
+
+
+def _write(cfg: SynthConfig, seqs: Iterable[Seq], group_kw: list, source: dict[str, str]) -> _Packed:
+    """Write each sequence as the packer yields it (streamed: memory does not grow with the
+    number of sequences)."""
     tok = cached_tokenizer(cfg.tokenizer)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     wd = work_dir(cfg.output)
     tokens = _Tokens(tok, read_texts([wd / f"texts-{s:05d}.sqlite" for s in range(cfg.num_shards)]))
     tok_schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("n_pad", pa.int32())])
+    packed = _Packed()
     with ShardWriter(cfg.output, "sequences", 0, cfg.fmt, schema=SEQ_SCHEMA) as out, \
             ShardWriter(cfg.output, "tokens", 0, "parquet", schema=tok_schema) as tout:
-        for seq in progress(seqs, desc="write", unit="seq"):
+        for seq in progress(seqs, desc="pack + write", unit="seq"):
             rec, ids = _record(seq, tokens, tok.eos_token, tok.eos_token_id, pad_id, cfg.method,
                                group_kw, source)
             assert len(ids) == cfg.context_length, (len(ids), cfg.context_length)
             out.write(rec)
             if cfg.tokenized:
                 tout.write({"input_ids": ids, "n_pad": seq.n_pad})
+            packed.add(seq, group_kw)
     if not cfg.tokenized:
         tout.path.unlink(missing_ok=True)
+    return packed
 
 
 def _write_index(cfg: SynthConfig, info: dict, n_tokens: dict[str, int], usage: Counter) -> None:
@@ -229,11 +253,10 @@ def run(cfg: SynthConfig) -> dict:
     source = {d: (s if s is not None else "") for d, s in zip(docs["id"], docs["source"])}
     groups, dropped, info = _groups(cfg, docs, perm, n_tokens)
     packer = Packer(cfg.context_length, n_tokens, cfg.boundary, cfg.effective_group_boundary)
-    seqs = list(packer.pack(groups))
     passes = info.get("keyword_of_pass", [None] * len(groups))
-    say(f"{len(seqs)} sequences of {cfg.context_length} tokens from {len(groups)} groups")
-    _write(cfg, seqs, passes, source)
-    used = {p.doc for s in seqs for p in s.pieces}
+    packed = _write(cfg, packer.pack(groups), passes, source)
+    used, usage = packed.used, packed.usage
+    say(f"{packed.sequences} sequences of {cfg.context_length} tokens from {len(groups)} groups")
     for d in packer.stats.dropped_tail_docs:
         if d not in used and d not in dropped:
             dropped[d] = "last_partial_sequence"
@@ -243,11 +266,6 @@ def run(cfg: SynthConfig) -> dict:
     manifest.used = len(used)
     manifest.dropped = Counter(dropped.values())
     if cfg.method == "quest":
-        usage: Counter = Counter()
-        for s in seqs:
-            for p in s.pieces:
-                if passes[p.group] is not None:
-                    usage[passes[p.group]] += p.length
         _write_index(cfg, info, n_tokens, usage)
         no_kw = sum(k is None for k in docs["keyword"])
         manifest.extra["quest"] = {
@@ -261,7 +279,7 @@ def run(cfg: SynthConfig) -> dict:
         "method": cfg.method, "seed": cfg.seed,
         "parameters": {k: v for k, v in cfg.to_dict().items() if k not in ("output", "query_cache")},
         "versions": _versions(), "counts": dict(sorted(counts.items())),
-        "sequences": len(seqs), "context_length": cfg.context_length,
+        "sequences": packed.sequences, "context_length": cfg.context_length,
         "pad_tokens": packer.stats.pad_tokens, "truncated_tokens": packer.stats.truncated_tokens,
         "dropped_documents": dict(sorted(dropped.items())),
         "documents_by_source": dict(sorted(Counter(source.values()).items())),
