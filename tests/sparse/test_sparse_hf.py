@@ -110,30 +110,28 @@ def test_budget_below_one_page_attends_to_the_last_page_only():
     assert torch.allclose(out, ref.reshape(1, 4, 8), atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_sparse_decode_with_left_padding_matches_unpadded_row(arch):
-    """StreamingLLM's kept set is defined on real tokens: a left-padded row equals itself alone."""
-    m = tiny_model(arch)
-    ids, mask = _inputs(t=70, pad=(0, 7))
-    with longforge.streaming_llm(m, token_budget=24, sinks=4, dense_layers=0):
-        both = _gen(m, ids, mask)
-        alone = _gen(m, ids[1:, 7:], mask[1:, 7:])
-    diff = max((a[1] - b[0]).abs().max().item() for a, b in zip(both.logits, alone.logits))
-    assert diff < 1e-4
+LEFT_PADDED = {  # policy -> (its context on a model, left padding of row 1, prompt length)
+    # StreamingLLM's kept set is defined on real tokens
+    "streaming": (lambda m: longforge.streaming_llm(m, token_budget=24, sinks=4,
+                                                    dense_layers=0), 7, 70),
+    # Quest never spends a page slot on padding (one whole page of it here; 2 of 5 pages read)
+    "quest": (lambda m: longforge.quest(m, token_budget=32, page_size=16, dense_layers=0), 16, 80),
+}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_quest_with_left_padding_matches_unpadded_row(arch):
-    """Quest never spends a page slot on padding: a row left-padded by one whole page decodes
-    as it does alone, at a budget far below its context (2 of 5 pages)."""
+@pytest.mark.parametrize("policy", sorted(LEFT_PADDED))
+def test_sparse_decode_with_left_padding_matches_unpadded_row(arch, policy):
+    """A left-padded row decodes as it does alone, at a budget far below its context."""
+    context, pad, t = LEFT_PADDED[policy]
     m = tiny_model(arch)
-    ids, mask = _inputs(t=80, pad=(0, 16))
-    with longforge.quest(m, token_budget=32, page_size=16, dense_layers=0):
+    ids, mask = _inputs(t=t, pad=(0, pad))
+    with context(m):
         both = _gen(m, ids, mask)
-        alone = _gen(m, ids[1:, 16:], mask[1:, 16:])
+        alone = _gen(m, ids[1:, pad:], mask[1:, pad:])
     diff = max((a[1] - b[0]).abs().max().item() for a, b in zip(both.logits, alone.logits))
     assert diff < 1e-4
-    assert _maxdiff(_gen(m, ids[1:, 16:], mask[1:, 16:]), alone) > 1e-4  # sparse, not dense
+    assert _maxdiff(_gen(m, ids[1:, pad:], mask[1:, pad:]), alone) > 1e-4  # sparse, not dense
 
 
 def test_draft_and_verify_decoding_is_refused_not_run_densely():
