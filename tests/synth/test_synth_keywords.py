@@ -51,3 +51,27 @@ def test_representative_keyword_is_seeded_and_order_free():
     picks = {representative_keyword(cands, s, "doc-1") for s in range(20)}
     assert len(picks) > 1
     assert representative_keyword([], 0, "doc-1") is None
+
+
+@pytest.mark.parametrize("query, keyword", [
+    ("How do I write a naïve résumé template?", "naïve résumé template"),
+    ("Wann kommt die Müllabfuhr nach Köln?", "wann kommt die müllabfuhr nach köln"),
+    # the same word decomposed (e + combining acute): NFC makes it one word again
+    ("How do I write a nai\u0308ve re\u0301sume\u0301 template?", "naïve résumé template"),
+])
+def test_accented_words_stay_whole(query, keyword):
+    assert KeywordExtractor().keywords(query) == [keyword]
+
+
+def test_unicode_punctuation_splits_phrases_and_is_stripped():
+    ex = KeywordExtractor(min_score=0.0)
+    # « » — ¿ are punctuation in any script: phrase boundaries, never part of a keyword
+    got = ex.keywords("¿Qué «naïve résumé format» — données brutes?")
+    assert "naïve résumé format" in got and "données brutes" in got
+    assert not any(ch in k for k in got for ch in "«»—¿")
+    assert strip_punctuation("«ab»") == "ab" and strip_punctuation("c.d.e") == "cde"
+    assert "ab" not in KeywordExtractor(min_score=0.0, min_chars=3).keywords("Why «ab»?")
+    # CJK has no spaces: a run between punctuation is one word, never one word per character
+    phrases = [p for p, _ in ex.scored("什么是机器学习，深度学习？")]
+    assert sorted(phrases) == ["什么是机器学习", "深度学习"]
+    assert "don't" not in " ".join(ex.keywords("Why don’t tests pass?"))  # ’ is an apostrophe

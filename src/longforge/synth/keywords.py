@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import re
 import string
+import unicodedata
 from collections.abc import Iterable
 
 from rake_nltk import Rake
@@ -39,8 +40,9 @@ STOP_KEYWORDS = frozenset([
     "part 1", "current state", "following equation",
 ])
 
-_SENT = re.compile(r"(?<=[.!?])\s+|\n+")
-_WORD = re.compile(r"[A-Za-z0-9_]+(?:['\-.][A-Za-z0-9_]+)*|[^\sA-Za-z0-9_]")
+_SENT = re.compile(r"(?<=[.!?])\s+|(?<=[\u3002\uff01\uff1f])\s*|\n+")  # also CJK 。！？
+_JOINERS = frozenset("'-\u2010.")  # inside a word: don't (also don\u2019t), x-ray, c.d.e, 3.11
+_DELIMITER = "."                          # what any punctuation or symbol becomes for RAKE
 _PUNCT = set(string.punctuation) | {"``", "''", "--"}
 
 
@@ -48,12 +50,43 @@ def _sentences(text: str) -> list[str]:
     return [s for s in _SENT.split(text) if s.strip()]
 
 
+def _is_word_char(ch: str) -> bool:
+    """Letters, marks and digits of any script (Unicode categories L*, M*, N*) and ``_``."""
+    return ch == "_" or unicodedata.category(ch)[0] in "LMN"
+
+
 def _words(sentence: str) -> list[str]:
-    return _WORD.findall(sentence)
+    """Unicode-aware words: runs of word characters (NFC-normalized, so an accent is part of its
+    letter), joined across a single ``'``, ``\u2019``, ``-`` or ``.`` between word characters.
+    Every other non-space character (punctuation, symbols of any script) becomes one delimiter
+    token, which RAKE treats as a phrase boundary. Text without spaces (CJK) gives one word per
+    run between punctuation."""
+    text = unicodedata.normalize("NFC", sentence).replace("\u2019", "'")
+    out, start, n = [], None, len(text)
+    for i, ch in enumerate(text):
+        if _is_word_char(ch):
+            if start is None:
+                start = i
+            continue
+        if (ch in _JOINERS and start is not None and i + 1 < n and _is_word_char(text[i + 1])):
+            continue
+        if start is not None:
+            out.append(text[start:i])
+            start = None
+        if not ch.isspace():
+            out.append(_DELIMITER)
+    if start is not None:
+        out.append(text[start:])
+    return out
+
+
+def is_punctuation(ch: str) -> bool:
+    """ASCII punctuation (``string.punctuation``, symbols included) or any Unicode P* character."""
+    return ch in string.punctuation or unicodedata.category(ch).startswith("P")
 
 
 def strip_punctuation(phrase: str) -> str:
-    return "".join(ch for ch in phrase if ch not in string.punctuation)
+    return "".join(ch for ch in phrase if not is_punctuation(ch))
 
 
 class KeywordExtractor:
@@ -98,3 +131,25 @@ def representative_keyword(candidates: list[str], seed: int, doc_id: str) -> str
     if not candidates:
         return None
     return random.Random(f"{seed}:{doc_id}").choice(sorted(candidates))
+
+
+class PromptEcho:
+    """Keywords that echo the few-shot questions of the causal predictor's prompt.
+
+    A small base model often copies an example question, exactly or nearly ("How do I undo the
+    last commit without losing changes?" for the example "... the last git commit without losing
+    changes?"). Exact copies of a question are dropped before RAKE; this catches the near ones:
+    the RAKE keywords of the example questions (:attr:`keywords`, same filters) are stop
+    keywords, and so is any keyword of two or more words whose words are all words of one of
+    them, or that shares at least half of the words of the two together (Jaccard >= 0.5).
+    """
+
+    def __init__(self, extractor: KeywordExtractor, questions: Iterable[str], jaccard: float = 0.5):
+        self.keywords = sorted({k for q in questions for k in extractor.keywords(q)})
+        self._sets = [frozenset(k.split()) for k in self.keywords]
+        self.jaccard = jaccard
+
+    def __call__(self, keyword: str) -> bool:
+        words = frozenset(keyword.split())
+        return any((len(words) >= 2 and words <= e) or len(words & e) >= self.jaccard * len(words | e)
+                   for e in self._sets)
