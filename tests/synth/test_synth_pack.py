@@ -19,6 +19,7 @@ def test_carry_continues_a_document_in_the_next_sequence():
     assert [(x.doc, x.start, x.end, x.sep) for x in seqs[1].pieces] == [
         ("b", 2, 7, True), ("c", 0, 2, False)]
     assert p.stats.dropped_tail_docs == ["c"]  # c's last token + separator: a partial tail
+    assert p.stats.tail_tokens_dropped == 2     # counted: 18 tokens = 2 x 8 written + 2
 
 
 def test_truncate_discards_the_rest_of_a_document():
@@ -27,6 +28,7 @@ def test_truncate_discards_the_rest_of_a_document():
     assert [(x.doc, x.start, x.end) for x in seqs[0].pieces] == [("a", 0, 5), ("b", 0, 2)]
     assert [(x.doc, x.start, x.end, x.sep) for x in seqs[1].pieces] == [("c", 0, 7, True)]
     assert p.stats.truncated_tokens == 5
+    assert p.stats.tail_tokens_dropped == 0     # c and its separator fill sequence 2 exactly
 
 
 def test_pad_moves_the_whole_document_and_pads():

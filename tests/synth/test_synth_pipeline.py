@@ -135,3 +135,98 @@ def test_knn_groups_and_iclm_walks_through_similar_documents(tmp_path):
     m = run(_cfg(tmp_path, "dedup", method="iclm", context_length=4096, iclm_k=8))
     assert m["dropped_by_reason"].get("near_duplicate", 0) > 0
     assert m["used"] + sum(m["dropped_by_reason"].values()) == m["read"]
+
+
+@pytest.mark.parametrize("bad, option", [
+    (dict(boundary="wrap"), "--boundary"), (dict(group_boundary="none"), "--group-boundary"),
+    (dict(fmt="csv"), "--format"), (dict(split_ratio=1.5), "--split-ratio"),
+    (dict(split_ratio=-0.1), "--split-ratio"), (dict(index_kind="hnsw"), "--index-kind"),
+    (dict(knn_k=0), "--knn-k"), (dict(batch_size=0), "--batch-size"),
+    (dict(iclm_k=0), "--iclm-k"), (dict(max_new_tokens=0), "--max-new-tokens"),
+    (dict(num_shards=0), "--num-shards"), (dict(max_repeats=0), "--max-repeats"),
+    (dict(min_score=float("nan")), "--min-score"), (dict(context_length=1), "--context-length"),
+])
+def test_bad_options_fail_at_construction_naming_the_option(tmp_path, bad, option):
+    with pytest.raises(ValueError, match=option):
+        _cfg(tmp_path, **bad)
+
+
+def test_cli_refuses_a_bad_option_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from longforge.cli import app
+
+    res = CliRunner().invoke(app, ["synth", str(_corpus(tmp_path / "c.jsonl")), "-o",
+                                   str(tmp_path / "out"), "--format", "csv"])
+    assert res.exit_code != 0 and "--format" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_malformed_user_queries_are_listed_with_their_location(tmp_path):
+    good = [json.dumps({"id": f"g/{i}", "text": f"kernel text {i} " * 20, "source": "g",
+                        "queries": [TOPICS["kernel"]]}) for i in range(3)]
+    bad = [json.dumps({"id": "int", "text": "one", "queries": 5}),
+           json.dumps({"id": "mixed", "text": "two", "queries": ["How do parsers work?", 3]}),
+           json.dumps({"id": "empty", "text": "three", "queries": []}),
+           json.dumps({"id": "blank", "text": "four", "queries": ["", "  "]}),
+           json.dumps({"id": "missing", "text": "five"})]
+    (tmp_path / "q.jsonl").write_text("\n".join(good + bad) + "\n")
+    m = run(_cfg(tmp_path, inputs=[str(tmp_path / "q.jsonl")], no_keyword="drop"))
+    issues = {i["id"]: i for i in m["quest"]["query_issues"]}
+    assert sorted(issues) == ["blank", "empty", "int", "mixed"]
+    assert issues["int"]["location"].endswith("q.jsonl:4") and issues["int"]["field"] == "queries"
+    assert issues["int"]["reason"] == issues["mixed"]["reason"] == "invalid_user_queries"
+    assert issues["empty"]["reason"] == issues["blank"]["reason"] == "empty_user_queries"
+    assert "position 1" in issues["mixed"]["detail"]
+    c = m["counts"]
+    assert (c["documents_with_invalid_user_queries"], c["documents_with_empty_user_queries"],
+            c["documents_without_user_queries"]) == (2, 2, 1)
+    assert m["dropped_by_reason"] == {"no_keyword": 5}
+
+
+@pytest.mark.parametrize("method, boundary, group_boundary", [
+    ("quest", b, g) for b in ("carry", "truncate", "pad") for g in ("mix", "pad")] + [
+    ("standard", "carry", "mix"), ("standard", "truncate", "mix"), ("longdoc", "carry", None),
+    ("longdoc", "truncate", None)])
+def test_every_document_is_packed_or_dropped_with_a_reason(tmp_path, method, boundary,
+                                                           group_boundary):
+    m = run(_cfg(tmp_path, method=method, boundary=boundary, group_boundary=group_boundary,
+                 context_length=96))
+    assert "not_packed" not in m["dropped_by_reason"]
+    assert m["used"] + sum(m["dropped_by_reason"].values()) == m["read"] == 20
+    assert set(m["dropped_documents"].values()) <= {"no_keyword", "last_partial_sequence",
+                                                    "shorter_than_context"}
+    if method == "quest" and (boundary, group_boundary) == ("carry", "mix"):
+        # carry loses no token but those of the last partial sequence, which are counted
+        q = m["quest"]
+        assert q["long_tokens"] + q["short_output_tokens"] == (
+            m["sequences"] * 96 + m["tail_tokens_dropped"])
+        assert m["tail_tokens_dropped"] > 0 and m["pad_tokens"] == 0
+    if "pad" in (boundary, group_boundary):
+        assert m["tail_tokens_dropped"] == 0
+
+
+def test_a_document_lost_by_a_method_is_an_internal_error(tmp_path, monkeypatch):
+    from longforge.synth import baselines
+    from longforge.synth.pipeline import AccountingError
+
+    real = baselines.standard_groups
+    monkeypatch.setattr(baselines, "standard_groups",
+                        lambda ids, seed: ([real(ids, seed)[0][1:]], {}))  # loses one
+    with pytest.raises(AccountingError, match="neither packed nor dropped"):
+        run(_cfg(tmp_path, method="standard"))
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_rerun_with_other_packing_or_format_is_refused(tmp_path):
+    run(_cfg(tmp_path))
+    with pytest.raises(ConfigMismatch, match=r"context_length: 256 -> 512"):
+        run(_cfg(tmp_path, context_length=512))
+    with pytest.raises(ConfigMismatch, match=r"fmt: 'jsonl.gz' -> 'parquet'"):
+        run(_cfg(tmp_path, fmt="parquet"))
+    with pytest.raises(ConfigMismatch, match="boundary"):
+        run(_cfg(tmp_path, boundary="pad"))
+    m = run(_cfg(tmp_path, workers=2, doc_batch=4))  # how it runs, not what it writes: resumes
+    assert m["files"] == {"sequences": "sequences-00000.jsonl.gz",
+                          "tokens": "tokens-00000.parquet", "index": "index-00000.parquet"}
+    assert [p.name for p in (tmp_path / "out").glob("sequences-*")] == ["sequences-00000.jsonl.gz"]

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from longforge.synth.cache import QueryCache
@@ -20,13 +22,17 @@ def test_prompt_and_answer_parsing():
 
 def test_cache_survives_a_torn_line_and_is_keyed_by_settings(tmp_path):
     c = QueryCache(tmp_path, {"model": "m", "k": 1})
-    c.put_many({"h1": ["q1"], "h2": ["q2", "q3"]})
+    c.put_many({("h1", 0): "q1", ("h2", 0): "q2", ("h2", 1): "q3"})
     c.close()
     with open(c.path, "a") as fh:
-        fh.write('{"hash": "h3", "quer')  # killed mid-write
+        fh.write('{"hash": "h3", "seg": 0, "quer')  # killed mid-write
     again = QueryCache(tmp_path, {"model": "m", "k": 1}, shard=1)
-    assert again.get("h2") == ["q2", "q3"] and again.get("h3") is None
-    assert QueryCache(tmp_path, {"model": "m", "k": 2}).get("h1") is None
+    assert [again.get("h2", i) for i in range(3)] == ["q2", "q3", None]
+    assert again.get("h3", 0) is None and len(again) == 3
+    assert QueryCache(tmp_path, {"model": "m", "k": 2}).get("h1", 0) is None
+    settings = json.loads((c.dir / "settings.json").read_text())
+    assert settings == {"model": "m", "k": 1}
+    assert not list(c.dir.glob(".*tmp*"))  # written to a temporary name, then renamed
 
 
 @pytest.mark.real_model

@@ -45,23 +45,30 @@ def synth(
     iclm_k: int = typer.Option(50, help="kNN graph degree (iclm)."),
 ):
     """Pack a corpus into long-context training sequences (Quest or a baseline)."""
-    from longforge.synth.pipeline import run
+    from longforge.synth.pipeline import ConfigMismatch, run
 
     stops = list(stop_keyword)
     if stop_keywords_file:
         stops += [ln.strip() for ln in stop_keywords_file.read_text().splitlines() if ln.strip()]
-    cfg = SynthConfig(
-        inputs=[str(i) for i in inputs], output=output, method=method,
-        context_length=context_length, tokenizer=tokenizer, seed=seed, boundary=boundary,
-        group_boundary=group_boundary, fmt=fmt, tokenized=tokenized, num_shards=num_shards,
-        workers=workers, text_field=text_field, id_field=id_field, source_field=source_field,
-        query_source=query_source, predictor=predictor, query_field=query_field,
-        segment_tokens=segment_tokens, max_segments=max_segments or None,
-        batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
-        query_cache=query_cache, split_ratio=split_ratio, max_repeats=max_repeats or None,
-        no_keyword=no_keyword, min_score=min_score, min_chars=min_chars, stop_keywords=stops,
-        embedder=embedder, knn_k=knn_k, index_kind=index_kind, iclm_k=iclm_k)
-    m = run(cfg)
+    try:
+        cfg = SynthConfig(
+            inputs=[str(i) for i in inputs], output=output, method=method,
+            context_length=context_length, tokenizer=tokenizer, seed=seed, boundary=boundary,
+            group_boundary=group_boundary, fmt=fmt, tokenized=tokenized, num_shards=num_shards,
+            workers=workers, text_field=text_field, id_field=id_field, source_field=source_field,
+            query_source=query_source, predictor=predictor, query_field=query_field,
+            segment_tokens=segment_tokens, max_segments=max_segments or None,
+            batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
+            query_cache=query_cache, split_ratio=split_ratio, max_repeats=max_repeats or None,
+            no_keyword=no_keyword, min_score=min_score, min_chars=min_chars, stop_keywords=stops,
+            embedder=embedder, knn_k=knn_k, index_kind=index_kind, iclm_k=iclm_k)
+    except ValueError as exc:  # a bad option: say which, before any work is done
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        m = run(cfg)
+    except ConfigMismatch as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"{m['sequences']} sequences of {context_length} tokens; {m['read']} documents "
                f"read, {m['used']} used, {m['skipped']} skipped, "
                f"dropped {m['dropped_by_reason']}; manifest: {output / 'manifest.json'}")

@@ -4,12 +4,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from longforge.synth.embed import INDEX_KINDS
+from longforge.synth.pack import BOUNDARIES, GROUP_BOUNDARIES
 
 METHODS = ("quest", "standard", "knn", "iclm", "longdoc")
 QUERY_SOURCES = ("causal", "seq2seq", "user", "document")
 NO_KEYWORD_POLICIES = ("drop", "standard")
+FORMATS = ("jsonl", "jsonl.gz", "parquet")
+# Settings that change how a run is carried out, not what it writes (left out of the fingerprint).
+RUN_ONLY = ("output", "workers", "device", "batch_size", "doc_batch", "query_cache")
 
 
 @functools.lru_cache(maxsize=4)
@@ -67,18 +74,62 @@ class SynthConfig:
     def __post_init__(self):
         self.output = Path(self.output)
         self.inputs = [str(i) for i in self.inputs]
-        checks = [(self.method in METHODS, f"method must be one of {METHODS}"),
-                  (self.query_source in QUERY_SOURCES, f"query source must be one of {QUERY_SOURCES}"),
-                  (self.no_keyword in NO_KEYWORD_POLICIES,
-                   f"no-keyword policy must be one of {NO_KEYWORD_POLICIES}"),
-                  (self.context_length >= 2, "context length must be >= 2"),
-                  (self.segment_tokens >= 8, "segment tokens must be >= 8"),
-                  (self.max_segments is None or self.max_segments >= 1, "max segments must be >= 1"),
-                  (not (self.method == "longdoc" and self.group_boundary == "mix"),
-                   "longdoc never mixes documents in a sequence; drop --group-boundary mix")]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
+        self.stop_keywords = list(self.stop_keywords)
+        errors = [msg for ok, msg in self._checks() if not ok]
+        if errors:
+            raise ValueError("invalid synth options: " + "; ".join(errors))
+
+    def _checks(self):
+        """(ok, message naming the option) for every option that can be checked before any work
+        is done, so that a bad value fails at once, not after hours of query generation."""
+        def one_of(value, name, allowed):
+            return value in allowed, f"{name} must be one of {', '.join(map(str, allowed))}, not {value!r}"
+
+        def at_least(value, name, low):
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+            return ok, f"{name} must be an integer >= {low}, not {value!r}"
+
+        def number(value, name, low=-math.inf, high=math.inf):
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value) and low <= value <= high)
+            return ok, f"{name} must be a number in [{low}, {high}], not {value!r}"
+
+        optional = lambda v, name, low: (True, "") if v is None else at_least(v, name, low)  # noqa: E731
+        yield bool(self.inputs), "at least one input is needed"
+        yield one_of(self.method, "--method", METHODS)
+        yield one_of(self.query_source, "--query-source", QUERY_SOURCES)
+        yield one_of(self.no_keyword, "--no-keyword", NO_KEYWORD_POLICIES)
+        yield one_of(self.boundary, "--boundary", BOUNDARIES)
+        yield one_of(self.effective_group_boundary, "--group-boundary", GROUP_BOUNDARIES)
+        yield one_of(self.fmt, "--format", FORMATS)
+        yield one_of(self.index_kind, "--index-kind", INDEX_KINDS)
+        yield at_least(self.context_length, "--context-length", 2)
+        yield at_least(self.segment_tokens, "--segment-tokens", 8)
+        yield optional(self.max_segments, "--max-segments", 1)
+        yield optional(self.max_repeats, "--max-repeats", 1)
+        yield at_least(self.num_shards, "--num-shards", 1)
+        yield at_least(self.workers, "--workers", 1)
+        yield at_least(self.doc_batch, "doc_batch", 1)
+        yield at_least(self.batch_size, "--batch-size", 1)
+        yield at_least(self.max_new_tokens, "--max-new-tokens", 1)
+        yield at_least(self.seed, "--seed", 0)
+        yield number(self.split_ratio, "--split-ratio", 0.0, 1.0)
+        yield number(self.min_score, "--min-score")
+        yield at_least(self.min_chars, "--min-chars", 0)
+        yield at_least(self.knn_k, "--knn-k", 1)
+        yield at_least(self.iclm_k, "--iclm-k", 1)
+        yield at_least(self.iclm_walk_k, "iclm_walk_k", 1)
+        yield at_least(self.iclm_max_cluster, "iclm_max_cluster", 1)
+        yield at_least(self.iclm_min_cluster, "iclm_min_cluster", 1)
+        yield number(self.iclm_dup_threshold, "iclm_dup_threshold")
+        yield (all(isinstance(k, str) and k.strip() for k in self.stop_keywords),
+               "stop keywords must be non-empty strings")
+        for name in ("text_field", "id_field", "source_field", "query_field", "tokenizer",
+                     "predictor", "embedder"):
+            v = getattr(self, name)
+            yield isinstance(v, str) and bool(v), f"--{name.replace('_', '-')} must be a non-empty string"
+        yield (not (self.method == "longdoc" and self.group_boundary == "mix"),
+               "longdoc never mixes documents in a sequence; drop --group-boundary mix")
 
     @property
     def effective_group_boundary(self) -> str:
@@ -90,14 +141,17 @@ class SynthConfig:
         d["query_cache"] = str(self.query_cache) if self.query_cache else None
         return d
 
-    def fingerprint(self) -> str:
-        """What the per-shard work depends on (a changed one makes resuming unsafe)."""
-        keys = ["inputs", "method", "tokenizer", "num_shards", "text_field", "id_field",
-                "source_field", "query_source", "predictor", "query_field", "segment_tokens",
-                "max_segments", "max_new_tokens", "min_score", "min_chars", "stop_keywords",
-                "seed", "embedder"]
+    def fingerprinted(self) -> dict:
+        """The settings an output directory is made with: everything but how the work is run
+        (:data:`RUN_ONLY`). A rerun into the same directory must have the same ones, or it would
+        mix work of two configurations, or overwrite (or leave beside the new ones) files of
+        another context length, boundary policy or output format."""
         d = self.to_dict()
-        return hashlib.sha256(json.dumps({k: d[k] for k in keys}, sort_keys=True).encode()).hexdigest()
+        d["group_boundary"] = self.effective_group_boundary
+        return {k: v for k, v in d.items() if k not in RUN_ONLY}
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.fingerprinted(), sort_keys=True).encode()).hexdigest()
 
     def query_cache_dir(self) -> Path:
         if self.query_cache:

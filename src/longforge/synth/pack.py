@@ -15,11 +15,12 @@ What happens when a document does not fit in the space left (``boundary``):
 
 A document already in the open sequence (oversampling can bring it back) is deferred to the
 next sequence, so no document appears twice inside one sequence. The last, partial sequence is
-padded under ``pad`` policies and dropped otherwise (its documents are counted as dropped).
+padded under ``pad`` policies and dropped otherwise: its tokens (and those of documents still
+deferred) are counted in ``tail_tokens_dropped``, and its documents, when no other sequence holds
+them, are dropped with reason ``last_partial_sequence``.
 """
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -64,6 +65,7 @@ class PackStats:
     sequences: int = 0
     pad_tokens: int = 0
     truncated_tokens: int = 0
+    tail_tokens_dropped: int = 0     # last partial sequence (and documents deferred to it), not written
     dropped_tail_docs: list[str] = field(default_factory=list)
 
 
@@ -134,4 +136,6 @@ class Packer:
             else:
                 tail = {p.doc for p in self.cur.pieces} | {d for d, _ in self.deferred}
                 self.stats.dropped_tail_docs = sorted(tail)
+                self.stats.tail_tokens_dropped = self.cur.used + sum(
+                    self.n_tokens[d] + 1 for d, _ in self.deferred)
                 self.cur, self.deferred = Seq(), []

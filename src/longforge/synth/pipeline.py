@@ -17,7 +17,6 @@ import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +29,8 @@ from longforge.progress import progress, say
 from longforge.synth import baselines
 from longforge.synth.config import SynthConfig, cached_tokenizer
 from longforge.synth.pack import Packer, Seq
-from longforge.synth.prepare import PrepareTask, read_texts, work_dir
+from longforge.synth.keywords import KeywordExtractor
+from longforge.synth.prepare import PrepareTask, prompt_echo, read_texts, work_dir
 
 
 SEQ_SCHEMA = pa.schema([
@@ -47,15 +47,23 @@ class ConfigMismatch(RuntimeError):
 
 
 def _check_state(cfg: SynthConfig) -> None:
-    """Refuse to resume into an output directory made with different per-shard settings."""
+    """Refuse to reuse an output directory made with other settings (any of
+    ``cfg.fingerprinted()``: the per-shard work, packing options, output format...), naming
+    what differs; a rerun with the same settings resumes."""
     state = cfg.output / "state" / "config.json"
     if state.exists():
         old = json.loads(state.read_text())
         if old.get("fingerprint") != cfg.fingerprint():
+            new, was = cfg.fingerprinted(), old.get("settings") or old.get("config") or {}
+            diff = [f"{k}: {was.get(k, '<unset>')!r} -> {new[k]!r}"
+                    for k in sorted(new) if was.get(k) != new[k]]
             raise ConfigMismatch(
-                f"{cfg.output} holds a run with other settings; use a new --output or delete it")
+                f"{cfg.output} holds a synth run with other settings "
+                f"({'; '.join(diff) or 'made by another longforge version'}); "
+                "use a new --output or delete that directory")
     else:
-        atomic_write_json(state, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})
+        atomic_write_json(state, {"fingerprint": cfg.fingerprint(), "settings": cfg.fingerprinted(),
+                                  "config": cfg.to_dict()})
 
 
 def _prepare(cfg: SynthConfig) -> list[dict]:
@@ -218,6 +226,16 @@ def _write_index(cfg: SynthConfig, info: dict, n_tokens: dict[str, int], usage: 
             w.write(r)
 
 
+def _files(cfg: SynthConfig) -> dict[str, str]:
+    """The output files of this run (what ``longforge analyze`` reads; nothing else is)."""
+    files = {"sequences": f"sequences-00000.{cfg.fmt}"}
+    if cfg.tokenized:
+        files["tokens"] = "tokens-00000.parquet"
+    if cfg.method == "quest":
+        files["index"] = "index-00000.parquet"
+    return files
+
+
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -231,14 +249,36 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _merge(results: list[dict]) -> tuple[Manifest, Counter]:
-    manifest, counts = Manifest(), Counter()
+def _merge(results: list[dict]) -> tuple[Manifest, Counter, Counter, list[dict]]:
+    """Shard results -> manifest (read, skips), counts (a function of the inputs and settings),
+    run counts (depend on the query cache's state; they go to timings.json, not the manifest)
+    and the user-query issues, in shard order."""
+    manifest, counts, run_counts, issues = Manifest(), Counter(), Counter(), []
     for r in results:
         m = r["manifest"]
         manifest.read += m["read"]
         manifest.skips.extend(Skip(**s) for s in m["skips"])
         counts.update(r["counts"])
-    return manifest, counts
+        run_counts.update(r.get("run_counts", {}))
+        issues.extend(r.get("query_issues", []))
+    return manifest, counts, run_counts, issues
+
+
+class AccountingError(RuntimeError):
+    """A document that was read is neither in a sequence nor dropped with a reason: a bug."""
+
+
+def _account(ids: list[str], used: set[str], dropped: dict[str, str], tail: list[str]) -> None:
+    """Give the documents of the last partial sequence their reason; refuse to go on when any
+    other document was neither packed nor dropped (that can only be a bug of a method or of the
+    packer, never something to report as a count)."""
+    for d in tail:
+        if d not in used and d not in dropped:
+            dropped[d] = "last_partial_sequence"
+    lost = [d for d in ids if d not in used and d not in dropped]
+    if lost:
+        raise AccountingError(f"internal error: {len(lost)} documents were neither packed nor "
+                              f"dropped with a reason (first: {lost[:5]}); please report this")
 
 
 def run(cfg: SynthConfig) -> dict:
@@ -246,7 +286,7 @@ def run(cfg: SynthConfig) -> dict:
     t0 = time.time()
     cfg.output.mkdir(parents=True, exist_ok=True)
     _check_state(cfg)
-    manifest, counts = _merge(_prepare(cfg))
+    manifest, counts, run_counts, issues = _merge(_prepare(cfg))
     t_prep = time.time()
     docs, perm = _load_docs(cfg)
     n_tokens = dict(zip(docs["id"], docs["n_tokens"]))
@@ -257,20 +297,18 @@ def run(cfg: SynthConfig) -> dict:
     packed = _write(cfg, packer.pack(groups), passes, source)
     used, usage = packed.used, packed.usage
     say(f"{packed.sequences} sequences of {cfg.context_length} tokens from {len(groups)} groups")
-    for d in packer.stats.dropped_tail_docs:
-        if d not in used and d not in dropped:
-            dropped[d] = "last_partial_sequence"
-    for d in docs["id"]:  # grouped but never packed (e.g. longdoc tails): cannot happen silently
-        if d not in used and d not in dropped:
-            dropped[d] = "not_packed"
+    _account(docs["id"], used, dropped, packer.stats.dropped_tail_docs)
     manifest.used = len(used)
     manifest.dropped = Counter(dropped.values())
     if cfg.method == "quest":
         _write_index(cfg, info, n_tokens, usage)
         no_kw = sum(k is None for k in docs["keyword"])
+        echo = prompt_echo(cfg, KeywordExtractor(cfg.min_score, cfg.min_chars, cfg.stop_keywords))
         manifest.extra["quest"] = {
             **{k: v for k, v in info.items() if k not in ("index", "keyword_of_pass")},
             "documents_without_keyword": no_kw, "no_keyword_policy": cfg.no_keyword,
+            "prompt_example_keywords": echo.keywords if echo else [],
+            "query_issues": issues,
             "top_keywords": [[k, usage[k]] for k, _ in sorted(usage.items(),
                                                                key=lambda kv: (-kv[1], kv[0]))[:20]]}
     elif info:
@@ -281,6 +319,8 @@ def run(cfg: SynthConfig) -> dict:
         "versions": _versions(), "counts": dict(sorted(counts.items())),
         "sequences": packed.sequences, "context_length": cfg.context_length,
         "pad_tokens": packer.stats.pad_tokens, "truncated_tokens": packer.stats.truncated_tokens,
+        "tail_tokens_dropped": packer.stats.tail_tokens_dropped,
+        "files": _files(cfg),
         "dropped_documents": dict(sorted(dropped.items())),
         "documents_by_source": dict(sorted(Counter(source.values()).items())),
     })
@@ -288,5 +328,5 @@ def run(cfg: SynthConfig) -> dict:
     atomic_write_json(cfg.output / "manifest.json", out)
     atomic_write_json(cfg.output / "timings.json",
                       {"prepare_s": round(t_prep - t0, 2), "total_s": round(time.time() - t0, 2),
-                       "documents": manifest.read})
+                       "documents": manifest.read, "query_cache": dict(sorted(run_counts.items()))})
     return out

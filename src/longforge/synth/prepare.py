@@ -19,13 +19,21 @@ import pyarrow as pa
 from longforge.corpus import Document, Manifest, ShardWriter, read_documents
 from longforge.progress import progress
 from longforge.synth.config import SynthConfig, cached_tokenizer
-from longforge.synth.keywords import KeywordExtractor, representative_keyword
+from longforge.synth.keywords import KeywordExtractor, PromptEcho, representative_keyword
 from longforge.synth.queries import FEW_SHOT, content_hash, segment_text
 
 DOC_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("hash", pa.string()),
                         ("n_tokens", pa.int64()), ("keyword", pa.string()),
                         ("keywords", pa.list_(pa.string())), ("queries", pa.list_(pa.string()))])
 EXAMPLE_QUESTIONS = {q for _, q in FEW_SHOT}
+
+
+def prompt_echo(cfg: SynthConfig, extractor: KeywordExtractor) -> PromptEcho | None:
+    """The few-shot echo filter: causal query prediction only (the other sources have no
+    prompt examples to copy)."""
+    if cfg.method != "quest" or cfg.query_source != "causal":
+        return None
+    return PromptEcho(extractor, EXAMPLE_QUESTIONS)
 
 
 def work_dir(out: Path) -> Path:
@@ -63,13 +71,26 @@ def read_texts(paths: list[Path]):
     return get
 
 
-def _user_queries(doc: Document, field: str) -> list[str] | None:
-    q = doc.meta.get(field)
+def _user_queries(doc: Document, field: str) -> tuple[list[str] | None, str | None, str | None]:
+    """The user queries of ``doc`` (a string or a list of strings in ``field``), or None with
+    the reason and a detail: ``None`` (no such field: counted only), ``invalid_user_queries``
+    (another type, or a list holding non-strings) or ``empty_user_queries`` (an empty list, or
+    only blank strings); the last two are listed in the manifest with the document's location."""
+    if field not in doc.meta:
+        return None, None, None
+    q = doc.meta[field]
     if isinstance(q, str):
-        return [q]
-    if isinstance(q, list) and all(isinstance(x, str) for x in q):
-        return q
-    return None
+        q = [q]
+    elif not isinstance(q, list):
+        return None, "invalid_user_queries", f"'{field}' is {type(q).__name__}, not a string or a list of strings"
+    bad = [(i, type(x).__name__) for i, x in enumerate(q) if not isinstance(x, str)]
+    if bad:
+        i, kind = bad[0]
+        return None, "invalid_user_queries", (f"'{field}' holds {len(bad)} non-string item(s), the "
+                                              f"first at position {i} ({kind})")
+    if not any(x.strip() for x in q):
+        return None, "empty_user_queries", f"'{field}' holds no non-blank query"
+    return q, None, None
 
 
 @dataclass
@@ -85,10 +106,13 @@ class _Prepare:
         self.cfg, self.shard, self.num_shards = cfg, shard, num_shards
         self.tok = cached_tokenizer(cfg.tokenizer)
         self.manifest = Manifest()
-        self.counts: Counter = Counter()
+        self.counts: Counter = Counter()       # a function of the inputs and settings: manifest
+        self.run_counts: Counter = Counter()   # depend on the cache's state: timings.json
+        self.query_issues: list[dict] = []
         self.quest = cfg.method == "quest"
         self.predictor = self.cache = None
         self.extractor = KeywordExtractor(cfg.min_score, cfg.min_chars, cfg.stop_keywords)
+        self.echo = prompt_echo(cfg, self.extractor)
         if self.quest and cfg.query_source in ("causal", "seq2seq"):
             self.predictor = cfg.make_predictor()
             from longforge.synth.cache import QueryCache
@@ -106,32 +130,47 @@ class _Prepare:
         return segment_text(text, tok, self.cfg.segment_tokens, self.cfg.max_segments)
 
     def _predict(self, docs: list[Document]) -> dict[str, list[str]]:
-        """Queries of each document, from the cache or the predictor (one per segment)."""
+        """Queries of each document, one per segment, from the cache or the predictor (only the
+        segments the cache lacks are generated)."""
         hashes = {d.id: content_hash(d.text) for d in docs}
-        todo = [d for d in docs if self.cache.get(hashes[d.id]) is None]
-        segs = {d.id: self._segments(d.text) for d in todo}
-        flat = [s for d in todo for s in segs[d.id]]
-        preds = iter(self.predictor.predict(flat)) if flat else iter(())
-        new = {hashes[d.id]: [next(preds) for _ in segs[d.id]] for d in todo}
-        if new:
-            self.cache.put_many(new)
-            self.counts["queries_generated"] += len(flat)
-        self.counts["documents_from_query_cache"] += len(docs) - len(todo)
-        return {d.id: self.cache.get(hashes[d.id]) for d in docs}
+        segs = {d.id: self._segments(d.text) for d in docs}
+        todo = {(hashes[d.id], i): s for d in docs for i, s in enumerate(segs[d.id])
+                if self.cache.get(hashes[d.id], i) is None}
+        if todo:
+            self.cache.put_many(dict(zip(todo, self.predictor.predict(list(todo.values())))))
+        self.run_counts["queries_generated"] += len(todo)
+        self.run_counts["queries_from_cache"] += sum(map(len, segs.values())) - len(todo)
+        return {d.id: [self.cache.get(hashes[d.id], i) for i in range(len(segs[d.id]))]
+                for d in docs}
+
+    def _user(self, doc: Document) -> list[str] | None:
+        qs, reason, detail = _user_queries(doc, self.cfg.query_field)
+        if qs is None:
+            self.counts[f"documents_with_{reason}" if reason else "documents_without_user_queries"] += 1
+        if reason:
+            self.query_issues.append({"location": doc.location, "id": doc.id,
+                                      "field": self.cfg.query_field, "reason": reason,
+                                      "detail": detail})
+        return qs
 
     def _queries(self, docs: list[Document]) -> dict[str, list[str] | None]:
         src = self.cfg.query_source
         if src in ("causal", "seq2seq"):
             return self._predict(docs)
         if src == "user":
-            return {d.id: _user_queries(d, self.cfg.query_field) for d in docs}
+            return {d.id: self._user(d) for d in docs}
         return {d.id: self._segments(d.text) for d in docs}  # "document" ablation
 
     def _keywords(self, queries: list[str]) -> list[str]:
         kept = [q for q in queries if q and q not in EXAMPLE_QUESTIONS]
         self.counts["queries_echoing_prompt_example"] += sum(q in EXAMPLE_QUESTIONS for q in queries)
         self.counts["queries_empty"] += sum(not q for q in queries)
-        return self.extractor.document_keywords(kept)
+        kws = self.extractor.document_keywords(kept)
+        if self.echo is not None:
+            echoes = [k for k in kws if self.echo(k)]
+            self.counts["keywords_echoing_prompt_example"] += len(echoes)
+            kws = [k for k in kws if k not in echoes]
+        return kws
 
     # ------------------------------------------------------------ per batch
     def _rows(self, docs: list[Document]) -> list[dict]:
@@ -139,8 +178,6 @@ class _Prepare:
         rows = []
         for d in docs:
             qs = queries.get(d.id)
-            if self.quest and qs is None:
-                self.counts["documents_without_user_queries"] += 1
             kws = self._keywords(qs or []) if self.quest else []
             rows.append({"id": d.id, "source": d.source, "hash": content_hash(d.text),
                          "n_tokens": len(self.tok(d.text, add_special_tokens=False)["input_ids"]),
@@ -186,4 +223,5 @@ class _Prepare:
         if self.cache is not None:
             self.cache.close()
         return {"manifest": json.loads(json.dumps(self.manifest.to_dict())),
-                "counts": dict(self.counts)}
+                "counts": dict(self.counts), "run_counts": dict(self.run_counts),
+                "query_issues": self.query_issues}
