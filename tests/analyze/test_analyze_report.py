@@ -1,3 +1,4 @@
+import gzip
 import json
 
 import numpy as np
@@ -33,18 +34,38 @@ def test_analyze_ranks_grouped_above_shuffled(tmp_path):
              for t, s in texts.items() for i in range(6)]
     (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
     outs = []
-    for m in ("quest", "standard"):
-        run(SynthConfig(inputs=[str(tmp_path / "c.jsonl")], output=tmp_path / m, method=m,
-                        query_source="user", context_length=256, group_boundary="pad"))
-        outs.append(tmp_path / m)
+    for m, out, gb in (("quest", tmp_path / "quest", "pad"), ("standard", tmp_path / "standard", "pad"),
+                       ("quest", tmp_path / "mixed" / "quest", "mix")):
+        run(SynthConfig(inputs=[str(tmp_path / "c.jsonl")], output=out, method=m,
+                        query_source="user", context_length=256, group_boundary=gb))
+        outs.append(out)
+    # a stale file of another format beside the run's own: analyze reads what the manifest names
+    (tmp_path / "standard" / "sequences-00000.jsonl").write_bytes(
+        gzip.open(tmp_path / "quest" / "sequences-00000.jsonl.gz").read())
     res = analyze(outs, tmp_path / "report", n_contexts=2)
-    assert res["ordering"] == ["standard", "quest"]
-    g = res["keyword_groups"]["quest"]  # the three topics are the three keywords
+    labels = [k for k in res["similarity"]]
+    quest_pad = f"{tmp_path.name}/quest"
+    assert sorted(labels) == sorted(["standard", quest_pad, "mixed/quest"])  # distinct labels
+    std_seqs = res["similarity"]["standard"]["sequences"]
+    assert std_seqs == sum(1 for _ in gzip.open(tmp_path / "standard" / "sequences-00000.jsonl.gz"))
+    assert res["ordering"][0] == "standard" and res["ordering_text"].startswith("standard <")
+    ci = res["comparison"]["ci"]
+    assert ci["standard"][0] < res["similarity"]["standard"]["mean"] < ci["standard"][1]
+    pur = res["keyword_purity"]
+    assert pur[quest_pad]["mean"] == pytest.approx(1.0) and pur[quest_pad]["pure_fraction"] == 1.0
+    assert pur["mixed/quest"]["mean"] < 1.0 and "standard" not in pur
+    assert res["padding"][quest_pad] > res["padding"]["mixed/quest"] == 0.0
+    g = res["keyword_groups"][quest_pad]  # the three topics are the three keywords
     assert (g["keywords"], g["multi_doc_keywords"], g["documents_in_multi_doc_keywords"]) == (3, 3, 18)
     assert g["mean"] > res["similarity"]["standard"]["mean"]
     for f in ("report.md", "report.json", "similarity.png", "domains.png", "projection.png",
               "keyword_sizes.png"):
         assert (tmp_path / "report" / f).stat().st_size > 0
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(
+        ["report.md", "report.json", "similarity.png", "domains.png", "projection.png",
+         "keyword_sizes.png"])  # PNGs renamed into place, no temporary left
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Keyword purity" in md and "95% CI" in md
 
 
 def test_keyword_breakdown_separates_fallback_sequences():
@@ -63,3 +84,55 @@ def test_keyword_breakdown_separates_fallback_sequences():
     assert b["no-keyword fallback"]["mean"] == pytest.approx(0.0)
     assert keyword_breakdown(SynthOutput(Path("x"), "quest", {}, seqs[:1], docs), vecs) is None
     assert keyword_breakdown(SynthOutput(Path("x"), "standard", {}, seqs, docs), vecs) is None
+
+
+def _synthetic(per_seq: dict[str, list[float]]):
+    return {k: {"mean": float(np.mean(v)), "per_sequence": v} for k, v in per_seq.items()}
+
+
+def test_bootstrap_tells_apart_only_what_the_data_separate():
+    from longforge.analyze.analyses import compare, ordering_text
+
+    a = np.random.default_rng(0).normal(0.175, 0.06, 100)
+    # b: a shifted by 0.005 (a tenth of the spread); c: by 0.15
+    sim = _synthetic({"a": list(a), "b": list(a[::-1] + 0.005), "c": list(a[:90] + 0.15)})
+    cmp = compare(sim, seed=0, draws=2000)
+    assert cmp["ordering"] == ["a", "b", "c"]
+    (ab, bc) = cmp["adjacent_pairs"]
+    assert not ab["distinguishable"] and ab["ci"][0] < 0 < ab["ci"][1]
+    assert bc["distinguishable"] and bc["ci"][0] > 0
+    assert ordering_text(cmp) == "a ≈ b < c"
+    for k in "abc":
+        lo, hi = cmp["ci"][k]
+        assert lo < sim[k]["mean"] < hi
+    assert compare(sim, seed=0, draws=2000) == cmp  # seeded
+    # a method's interval does not depend on which other outputs are compared
+    assert compare({"a": sim["a"]}, seed=0, draws=2000)["ci"]["a"] == cmp["ci"]["a"]
+
+
+def test_keyword_purity_and_token_weighted_domains():
+    from pathlib import Path
+
+    from longforge.analyze.analyses import domain_distribution, keyword_purity
+    from longforge.analyze.data import SynthOutput
+
+    docs = {"a": {"keyword": "k1", "source": "code", "n_tokens": 90, "hash": "a"},
+            "b": {"keyword": "k2", "source": "man", "n_tokens": 5, "hash": "b"},
+            "c": {"keyword": "k2", "source": "man", "n_tokens": 5, "hash": "c"},
+            "d": {"keyword": None, "source": "man", "n_tokens": 10, "hash": "d"}}
+    piece = lambda d, n: {"doc": d, "start": 0, "end": n}  # noqa: E731
+    seqs = [{"pieces": [piece("a", 90), piece("b", 5), piece("c", 5)], "n_tokens": 100, "n_pad": 0,
+             "doc_ids": ["a", "b", "c"], "sources": ["code", "man", "man"]},
+            {"pieces": [piece("b", 5), piece("c", 5)], "n_tokens": 10, "n_pad": 90,
+             "doc_ids": ["b", "c"], "sources": ["man", "man"]},
+            {"pieces": [piece("c", 5), piece("d", 10)], "n_tokens": 15, "n_pad": 85,
+             "doc_ids": ["c", "d"], "sources": ["man", "man"]}]
+    out = SynthOutput(Path("x"), "quest", {"context_length": 100}, seqs, docs)
+    p = keyword_purity(out)
+    assert p["mean"] == pytest.approx((0.9 + 1.0 + 5 / 15) / 3)
+    assert p["pure_fraction"] == pytest.approx(1 / 3) and p["keywords_per_sequence"] == pytest.approx(4 / 3)
+    # sequence 1: 2 of its 3 documents are man pages, but 90 of its 100 tokens are code
+    after = domain_distribution(out)["sequences_by_majority_domain"]
+    assert after == pytest.approx({"code": 100 / 125, "man": 25 / 125})
+    docs_no_kw = {d: {**r, "keyword": None} for d, r in docs.items()}
+    assert keyword_purity(SynthOutput(Path("x"), "standard", {}, seqs, docs_no_kw)) is None

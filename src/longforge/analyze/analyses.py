@@ -65,10 +65,20 @@ def keyword_group_similarity(out: SynthOutput, vecs: dict[str, np.ndarray]) -> d
             "mean": float(np.mean(sims)) if sims else None}
 
 
+def piece_tokens(seq: dict) -> Counter:
+    """Document tokens of a sequence per document id (from its pieces; separators and padding
+    not counted)."""
+    c: Counter = Counter()
+    for p in seq["pieces"]:
+        c[p["doc"]] += p["end"] - p["start"]
+    return c
+
+
 def domain_distribution(out: SynthOutput) -> dict:
     """Token share per source domain: of the corpus, of its documents that already fill a
-    context ("before": what long-document training sees), and of the packed sequences, by
-    piece tokens and by each sequence's majority domain."""
+    context ("before": what long-document training sees), and of the packed sequences by each
+    sequence's majority domain ("after": the domain holding most of the sequence's document
+    tokens, weighted by those tokens), so that before and after are both token shares."""
     L = out.manifest["context_length"]
     corpus, long_docs = Counter(), Counter()
     for r in out.docs.values():
@@ -77,10 +87,95 @@ def domain_distribution(out: SynthOutput) -> dict:
             long_docs[r["source"]] += r["n_tokens"]
     majority = Counter()
     for s in out.sequences:
-        majority[Counter(s["sources"]).most_common(1)[0][0] if s["sources"] else None] += 1
+        by_domain: Counter = Counter()
+        for d, n in piece_tokens(s).items():
+            by_domain[out.docs[d]["source"]] += n
+        if by_domain:
+            top = max(by_domain.items(), key=lambda kv: (kv[1], str(kv[0]) if kv[0] else ""))
+            majority[top[0]] += sum(by_domain.values())
     norm = lambda c: {k: v / sum(c.values()) for k, v in sorted(c.items(), key=str)} if c else {}
     return {"corpus_tokens": norm(corpus), "long_documents_tokens": norm(long_docs),
             "sequences_by_majority_domain": norm(majority)}
+
+
+def keyword_purity(out: SynthOutput) -> dict | None:
+    """How much of each sequence its dominant keyword holds: per sequence, the share of its
+    document tokens from documents of the keyword with most tokens in it (documents without a
+    keyword count in the total, never as a keyword); the mean over sequences, the fraction of
+    sequences that are keyword-pure (share 1.0), and the mean number of keywords per sequence.
+    None for outputs whose documents have no keywords (the baselines)."""
+    kw = {d: r.get("keyword") for d, r in out.docs.items()}
+    if not any(kw.values()):
+        return None
+    shares, n_kw = [], []
+    for s in out.sequences:
+        by_kw: Counter = Counter()
+        toks = piece_tokens(s)
+        for d, n in toks.items():
+            if kw.get(d) is not None:
+                by_kw[kw[d]] += n
+        total = sum(toks.values())
+        if total:
+            shares.append(max(by_kw.values(), default=0) / total)
+            n_kw.append(len(by_kw))
+    arr = np.array(shares)
+    return {"sequences": len(shares), "mean": float(arr.mean()) if len(arr) else None,
+            "pure_fraction": float((arr >= 1.0 - 1e-12).mean()) if len(arr) else None,
+            "keywords_per_sequence": float(np.mean(n_kw)) if n_kw else None}
+
+
+def padding_share(out: SynthOutput) -> float | None:
+    """Padding tokens over all tokens of the sequences."""
+    total = sum(s["n_tokens"] + s["n_pad"] for s in out.sequences)
+    return sum(s["n_pad"] for s in out.sequences) / total if total else None
+
+
+def _rng(seed: int, *labels: str) -> np.random.Generator:
+    import zlib
+
+    return np.random.default_rng([seed, *(zlib.crc32(x.encode()) for x in labels)])
+
+
+def bootstrap_means(values, seed: int, label: str, draws: int = 10_000) -> np.ndarray:
+    """Means of ``draws`` resamples (with replacement) of ``values``; the stream depends on the
+    seed and the label only, so a method's interval does not change with the other outputs."""
+    v = np.asarray(values, dtype=np.float64)
+    rng, out = _rng(seed, label), []
+    for start in range(0, draws, 1000):  # bounded memory: 1000 x n indices at a time
+        idx = rng.integers(0, len(v), size=(min(1000, draws - start), len(v)))
+        out.append(v[idx].mean(axis=1))
+    return np.concatenate(out)
+
+
+def compare(sim: dict[str, dict], seed: int, level: float = 0.95, draws: int = 10_000) -> dict:
+    """Bootstrap percentile intervals (``level``) of each output's mean intra-context cosine
+    (sequences resampled), and, for each adjacent pair of the ordering by mean, the interval of
+    the difference of means (the two resampled independently): the pair is distinguishable
+    when that interval excludes 0."""
+    lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    boots = {k: bootstrap_means(v["per_sequence"], seed, k, draws)
+             for k, v in sim.items() if len(v["per_sequence"]) >= 2}
+    ci = {k: [float(np.percentile(b, lo_q)), float(np.percentile(b, hi_q))]
+          for k, b in boots.items()}
+    ranked = sorted(boots, key=lambda k: sim[k]["mean"])
+    pairs = []
+    for a, b in zip(ranked, ranked[1:]):
+        d = boots[b] - boots[a]
+        lo, hi = float(np.percentile(d, lo_q)), float(np.percentile(d, hi_q))
+        pairs.append({"lower": a, "higher": b, "difference": sim[b]["mean"] - sim[a]["mean"],
+                      "ci": [lo, hi], "distinguishable": bool(lo > 0 or hi < 0)})
+    return {"level": level, "draws": draws, "seed": seed, "ci": ci, "ordering": ranked,
+            "adjacent_pairs": pairs}
+
+
+def ordering_text(cmp: dict) -> str:
+    """``a < b ≈ c``: ``<`` where the bootstrap tells the pair apart, ``≈`` where it does not."""
+    if not cmp["ordering"]:
+        return ""
+    out = [cmp["ordering"][0]]
+    for p in cmp["adjacent_pairs"]:
+        out += ["<" if p["distinguishable"] else "≈", p["higher"]]
+    return " ".join(out)
 
 
 def entropy(dist: dict) -> float:

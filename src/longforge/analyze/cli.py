@@ -17,8 +17,18 @@ def analyze(
     from longforge.analyze.report import analyze as run
 
     res = run(outputs, report, embedder, contexts, seed)
+    ci = res["comparison"]["ci"]
     for k, v in res["similarity"].items():
-        typer.echo(f"{k:>12}: mean intra-context cosine "
-                   f"{'n/a' if v['mean'] is None else format(v['mean'], '.4f')} "
+        interval = f" (95% CI {ci[k][0]:.4f}-{ci[k][1]:.4f})" if k in ci else ""
+        typer.echo(f"{k:>16}: mean intra-context cosine "
+                   f"{'n/a' if v['mean'] is None else format(v['mean'], '.4f')}{interval} "
                    f"over {v['multi_doc_sequences']} multi-document sequences")
-    typer.echo(f"ordering: {' < '.join(res['ordering'])}; report: {report / 'report.md'}")
+    for p in res["comparison"]["adjacent_pairs"]:
+        if not p["distinguishable"]:
+            typer.echo(f"{p['lower']} vs {p['higher']}: not distinguishable (difference "
+                       f"{p['difference']:+.4f}, 95% CI {p['ci'][0]:+.4f} to {p['ci'][1]:+.4f})")
+    for k, v in res["keyword_purity"].items():
+        if v["mean"] is not None:
+            typer.echo(f"{k:>16}: keyword purity {v['mean']:.3f}, "
+                       f"{100 * v['pure_fraction']:.0f}% of sequences keyword-pure")
+    typer.echo(f"ordering: {res['ordering_text']}; report: {report / 'report.md'}")

@@ -16,18 +16,31 @@ class SynthOutput:
     method: str
     manifest: dict
     sequences: list[dict]          # without their text
-    docs: dict[str, dict]          # id -> {source, hash, n_tokens}
+    docs: dict[str, dict]          # id -> {source, hash, n_tokens, keyword}
+    label: str = ""                # unique among the outputs of one report (see unique_labels)
 
-    @property
-    def label(self) -> str:
-        return self.path.name if self.path.name != self.method else self.method
+    def __post_init__(self):
+        self.label = self.label or self.path.name
 
 
-def _iter_sequences(path: Path):
-    for f in sorted(path.glob("sequences-*")):
+def sequence_files(path: Path, manifest: dict) -> list[Path]:
+    """The sequence files the manifest names (never a glob: a directory may hold files of
+    another run). Manifests written before ``files`` was recorded name the format only."""
+    names = manifest.get("files", {}).get("sequences")
+    if names is None:
+        names = f"sequences-00000.{manifest.get('parameters', {}).get('fmt', 'jsonl.gz')}"
+    files = [path / n for n in ([names] if isinstance(names, str) else names)]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise FileNotFoundError(f"{path}: the manifest names {missing}, which do not exist")
+    return files
+
+
+def _iter_sequences(files: list[Path]):
+    for f in files:
         if f.suffix == ".parquet":
-            yield from pq.read_table(f, columns=["n_tokens", "n_pad", "doc_ids", "keyword",
-                                                 "sources", "method"]).to_pylist()
+            yield from pq.read_table(f, columns=["n_tokens", "n_pad", "doc_ids", "pieces",
+                                                 "keyword", "sources", "method"]).to_pylist()
             continue
         opener = gzip.open if f.name.endswith(".gz") else open
         with opener(f, "rt", encoding="utf-8") as fh:
@@ -37,14 +50,29 @@ def _iter_sequences(path: Path):
                 yield rec
 
 
-def load_output(path: str | Path) -> SynthOutput:
+def load_output(path: str | Path, label: str = "") -> SynthOutput:
     path = Path(path)
     manifest = json.loads((path / "manifest.json").read_text())
     docs = {}
     for f in sorted((path / "work").glob("docs-*.parquet")):
-        for r in pq.read_table(f, columns=["id", "source", "hash", "n_tokens"]).to_pylist():
+        for r in pq.read_table(f, columns=["id", "source", "hash", "n_tokens", "keyword"]).to_pylist():
             docs[r["id"]] = r
-    return SynthOutput(path, manifest["method"], manifest, list(_iter_sequences(path)), docs)
+    return SynthOutput(path, manifest["method"], manifest,
+                       list(_iter_sequences(sequence_files(path, manifest))), docs, label)
+
+
+def unique_labels(paths: list[str | Path]) -> list[str]:
+    """Short, distinct labels: each directory's name, with as many parent folders as it takes
+    to tell apart outputs that share a name (``a/quest``, ``b/quest``)."""
+    parts = [Path(p).resolve().parts[1:] for p in paths]
+    labels = []
+    for i, pt in enumerate(parts):
+        others = [o for j, o in enumerate(parts) if j != i and o != pt]
+        n = next((n for n in range(1, len(pt) + 1)
+                  if all(o[-n:] != pt[-n:] for o in others)), len(pt))
+        label = "/".join(pt[-n:])
+        labels.append(f"{label}#{i + 1}" if pt in parts[:i] else label)
+    return labels
 
 
 def texts_of(out: SynthOutput, ids: list[str]) -> list[str]:

