@@ -3,27 +3,39 @@
 # Run from the repository root under the heavy-job lock:
 #   flock /tmp/longforge-heavy.lock sh benchmarks/synth/make_report.sh
 # makes reports/synth (420 documents, 60 per domain). Quest runs with Gemma-predicted queries
-# (the method; one-segment queries, cached and resumable) and with the explicit `document`
-# ablation (keywords from the text itself). The whole sample corpus, ablation only:
+# (the method; one-segment queries, cached per segment and resumable) and with the explicit
+# `document` ablation (keywords from the text itself), each twice: with the default
+# `--group-boundary mix` (out/.../quest-<source>) and with `--group-boundary pad`
+# (quest-<source>-pad: one keyword per sequence, at the cost of padding; the second run reuses
+# the cached queries). The whole sample corpus, ablation only:
 #   PER_SOURCE=100000 QUERY_SOURCES=document OUT=out/synth-full REPORT=reports/synth-full \
 #     flock /tmp/longforge-heavy.lock sh benchmarks/synth/make_report.sh
+# An output folder made with other settings (or by an older longforge) is refused: delete $OUT.
 set -e
+[ -x .venv/bin/longforge ] && PATH="$PWD/.venv/bin:$PATH"
 L=${L:-8192}
 PER_SOURCE=${PER_SOURCE:-60}
 QUERY_SOURCES=${QUERY_SOURCES:-"causal document"}
 OUT=${OUT:-out/synth-report}
 REPORT=${REPORT:-reports/synth}
+QUIET=${QUIET--q}    # QUIET= (empty) shows progress bars
 python benchmarks/synth/make_subset.py --per-source $PER_SOURCE --seed 0 --out $OUT/corpus.jsonl
 outputs=""
 for m in standard knn iclm longdoc; do
-  longforge -q synth $OUT/corpus.jsonl -o $OUT/$m --method $m -L $L --seed 0
+  echo "== $m"
+  longforge $QUIET synth $OUT/corpus.jsonl -o $OUT/$m --method $m -L $L --seed 0
 done
 for qs in $QUERY_SOURCES; do
-  longforge -q synth $OUT/corpus.jsonl -o $OUT/quest-$qs --method quest -L $L --seed 0 \
-    --query-source $qs --max-segments 1 --no-keyword standard
-  outputs="$outputs $OUT/quest-$qs"
+  for gb in mix pad; do
+    name=quest-$qs; [ $gb = pad ] && name=quest-$qs-pad
+    echo "== $name"
+    longforge $QUIET synth $OUT/corpus.jsonl -o $OUT/$name --method quest -L $L --seed 0 \
+      --query-source $qs --max-segments 1 --no-keyword standard --group-boundary $gb
+    outputs="$outputs $OUT/$name"
+  done
 done
-longforge -q analyze $OUT/standard $outputs $OUT/knn $OUT/iclm $OUT/longdoc \
+echo "== analyze"
+longforge $QUIET analyze $OUT/standard $outputs $OUT/knn $OUT/iclm $OUT/longdoc \
   -o $REPORT --contexts 5 --seed 0
 for m in standard knn iclm longdoc; do cp $OUT/$m/manifest.json $REPORT/manifest-$m.json; done
-for qs in $QUERY_SOURCES; do cp $OUT/quest-$qs/manifest.json $REPORT/manifest-quest-$qs.json; done
+for o in $outputs; do cp $o/manifest.json $REPORT/manifest-$(basename $o).json; done
