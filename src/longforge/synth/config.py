@@ -15,6 +15,16 @@ METHODS = ("quest", "standard", "knn", "iclm", "longdoc")
 QUERY_SOURCES = ("causal", "seq2seq", "user", "document")
 NO_KEYWORD_POLICIES = ("drop", "standard")
 FORMATS = ("jsonl", "jsonl.gz", "parquet")
+# (attribute, option named in errors, lowest value) of the integer options; _OPTIONAL may be None.
+_INTEGER_MINIMA = (
+    ("context_length", "--context-length", 2), ("segment_tokens", "--segment-tokens", 8),
+    ("max_segments", "--max-segments", 1), ("max_repeats", "--max-repeats", 1),
+    ("num_shards", "--num-shards", 1), ("workers", "--workers", 1), ("doc_batch", "doc_batch", 1),
+    ("batch_size", "--batch-size", 1), ("max_new_tokens", "--max-new-tokens", 1),
+    ("seed", "--seed", 0), ("min_chars", "--min-chars", 0), ("knn_k", "--knn-k", 1),
+    ("iclm_k", "--iclm-k", 1), ("iclm_walk_k", "iclm_walk_k", 1),
+    ("iclm_max_cluster", "iclm_max_cluster", 1), ("iclm_min_cluster", "iclm_min_cluster", 1))
+_OPTIONAL = ("max_segments", "max_repeats")
 # Settings that change how a run is carried out, not what it writes (left out of the fingerprint).
 RUN_ONLY = ("output", "workers", "device", "batch_size", "doc_batch", "query_cache")
 
@@ -94,7 +104,6 @@ class SynthConfig:
                   and math.isfinite(value) and low <= value <= high)
             return ok, f"{name} must be a number in [{low}, {high}], not {value!r}"
 
-        optional = lambda v, name, low: (True, "") if v is None else at_least(v, name, low)  # noqa: E731
         yield bool(self.inputs), "at least one input is needed"
         yield one_of(self.method, "--method", METHODS)
         yield one_of(self.query_source, "--query-source", QUERY_SOURCES)
@@ -103,24 +112,12 @@ class SynthConfig:
         yield one_of(self.effective_group_boundary, "--group-boundary", GROUP_BOUNDARIES)
         yield one_of(self.fmt, "--format", FORMATS)
         yield one_of(self.index_kind, "--index-kind", INDEX_KINDS)
-        yield at_least(self.context_length, "--context-length", 2)
-        yield at_least(self.segment_tokens, "--segment-tokens", 8)
-        yield optional(self.max_segments, "--max-segments", 1)
-        yield optional(self.max_repeats, "--max-repeats", 1)
-        yield at_least(self.num_shards, "--num-shards", 1)
-        yield at_least(self.workers, "--workers", 1)
-        yield at_least(self.doc_batch, "doc_batch", 1)
-        yield at_least(self.batch_size, "--batch-size", 1)
-        yield at_least(self.max_new_tokens, "--max-new-tokens", 1)
-        yield at_least(self.seed, "--seed", 0)
+        for attr, option, low in _INTEGER_MINIMA:
+            value = getattr(self, attr)
+            if value is not None or attr not in _OPTIONAL:
+                yield at_least(value, option, low)
         yield number(self.split_ratio, "--split-ratio", 0.0, 1.0)
         yield number(self.min_score, "--min-score")
-        yield at_least(self.min_chars, "--min-chars", 0)
-        yield at_least(self.knn_k, "--knn-k", 1)
-        yield at_least(self.iclm_k, "--iclm-k", 1)
-        yield at_least(self.iclm_walk_k, "iclm_walk_k", 1)
-        yield at_least(self.iclm_max_cluster, "iclm_max_cluster", 1)
-        yield at_least(self.iclm_min_cluster, "iclm_min_cluster", 1)
         yield number(self.iclm_dup_threshold, "iclm_dup_threshold")
         yield (all(isinstance(k, str) and k.strip() for k in self.stop_keywords),
                "stop keywords must be non-empty strings")
