@@ -65,7 +65,8 @@ def test_analyze_ranks_grouped_above_shuffled(tmp_path):
         ["report.md", "report.json", "similarity.png", "domains.png", "projection.png",
          "keyword_sizes.png"])  # PNGs renamed into place, no temporary left
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "Keyword purity" in md and "95% CI" in md
+    assert "Keyword purity" in md and "95% CI" in md and "vs standard" in md
+    assert set(res["comparison"]["versus_reference"]) == {quest_pad, "mixed/quest"}
 
 
 def test_keyword_breakdown_separates_fallback_sequences():
@@ -102,6 +103,9 @@ def test_bootstrap_tells_apart_only_what_the_data_separate():
     assert not ab["distinguishable"] and ab["ci"][0] < 0 < ab["ci"][1]
     assert bc["distinguishable"] and bc["ci"][0] > 0
     assert ordering_text(cmp) == "a ≈ b < c"
+    assert cmp["reference"] is None and cmp["versus_reference"] == {}
+    vs = compare(sim, seed=0, draws=2000, reference="a")["versus_reference"]
+    assert sorted(vs) == ["b", "c"] and not vs["b"]["distinguishable"] and vs["c"]["distinguishable"]
     for k in "abc":
         lo, hi = cmp["ci"][k]
         assert lo < sim[k]["mean"] < hi
@@ -126,13 +130,16 @@ def test_keyword_purity_and_token_weighted_domains():
             {"pieces": [piece("b", 5), piece("c", 5)], "n_tokens": 10, "n_pad": 90,
              "doc_ids": ["b", "c"], "sources": ["man", "man"]},
             {"pieces": [piece("c", 5), piece("d", 10)], "n_tokens": 15, "n_pad": 85,
-             "doc_ids": ["c", "d"], "sources": ["man", "man"]}]
+             "doc_ids": ["c", "d"], "sources": ["man", "man"]},
+            {"pieces": [piece("d", 10)], "n_tokens": 10, "n_pad": 90,  # no-keyword fallback
+             "doc_ids": ["d"], "sources": ["man"]}]
     out = SynthOutput(Path("x"), "quest", {"context_length": 100}, seqs, docs)
     p = keyword_purity(out)
     assert p["mean"] == pytest.approx((0.9 + 1.0 + 5 / 15) / 3)
     assert p["pure_fraction"] == pytest.approx(1 / 3) and p["keywords_per_sequence"] == pytest.approx(4 / 3)
+    assert (p["sequences"], p["no_keyword_sequences"]) == (3, 1)
     # sequence 1: 2 of its 3 documents are man pages, but 90 of its 100 tokens are code
     after = domain_distribution(out)["sequences_by_majority_domain"]
-    assert after == pytest.approx({"code": 100 / 125, "man": 25 / 125})
+    assert after == pytest.approx({"code": 100 / 135, "man": 35 / 135})
     docs_no_kw = {d: {**r, "keyword": None} for d, r in docs.items()}
     assert keyword_purity(SynthOutput(Path("x"), "standard", {}, seqs, docs_no_kw)) is None

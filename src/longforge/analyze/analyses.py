@@ -99,27 +99,30 @@ def domain_distribution(out: SynthOutput) -> dict:
 
 
 def keyword_purity(out: SynthOutput) -> dict | None:
-    """How much of each sequence its dominant keyword holds: per sequence, the share of its
-    document tokens from documents of the keyword with most tokens in it (documents without a
-    keyword count in the total, never as a keyword); the mean over sequences, the fraction of
-    sequences that are keyword-pure (share 1.0), and the mean number of keywords per sequence.
+    """How much of each sequence its dominant keyword holds: per sequence that holds documents
+    with a keyword, the share of its document tokens from documents of the keyword with most
+    tokens in it (keyword-less documents count in the total, never as a keyword); the mean over
+    those sequences, the fraction that are keyword-pure (share 1.0) and keywords per sequence.
+    Sequences of keyword-less documents only (``--no-keyword standard``) are counted apart.
     None for outputs whose documents have no keywords (the baselines)."""
     kw = {d: r.get("keyword") for d, r in out.docs.items()}
     if not any(kw.values()):
         return None
-    shares, n_kw = [], []
+    shares, n_kw, no_keyword = [], [], 0
     for s in out.sequences:
         by_kw: Counter = Counter()
         toks = piece_tokens(s)
         for d, n in toks.items():
             if kw.get(d) is not None:
                 by_kw[kw[d]] += n
-        total = sum(toks.values())
-        if total:
-            shares.append(max(by_kw.values(), default=0) / total)
-            n_kw.append(len(by_kw))
+        if not by_kw:
+            no_keyword += 1
+            continue
+        shares.append(max(by_kw.values()) / sum(toks.values()))
+        n_kw.append(len(by_kw))
     arr = np.array(shares)
-    return {"sequences": len(shares), "mean": float(arr.mean()) if len(arr) else None,
+    return {"sequences": len(shares), "no_keyword_sequences": no_keyword,
+            "mean": float(arr.mean()) if len(arr) else None,
             "pure_fraction": float((arr >= 1.0 - 1e-12).mean()) if len(arr) else None,
             "keywords_per_sequence": float(np.mean(n_kw)) if n_kw else None}
 
@@ -147,11 +150,12 @@ def bootstrap_means(values, seed: int, label: str, draws: int = 10_000) -> np.nd
     return np.concatenate(out)
 
 
-def compare(sim: dict[str, dict], seed: int, level: float = 0.95, draws: int = 10_000) -> dict:
+def compare(sim: dict[str, dict], seed: int, level: float = 0.95, draws: int = 10_000,
+            reference: str | None = "standard") -> dict:
     """Bootstrap percentile intervals (``level``) of each output's mean intra-context cosine
-    (sequences resampled), and, for each adjacent pair of the ordering by mean, the interval of
-    the difference of means (the two resampled independently): the pair is distinguishable
-    when that interval excludes 0."""
+    (sequences resampled), and, for each adjacent pair of the ordering by mean and for each
+    output against ``reference`` (when present), the interval of the difference of means (the
+    two resampled independently): a pair is distinguishable when that interval excludes 0."""
     lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     boots = {k: bootstrap_means(v["per_sequence"], seed, k, draws)
              for k, v in sim.items() if len(v["per_sequence"]) >= 2}
@@ -164,8 +168,16 @@ def compare(sim: dict[str, dict], seed: int, level: float = 0.95, draws: int = 1
         lo, hi = float(np.percentile(d, lo_q)), float(np.percentile(d, hi_q))
         pairs.append({"lower": a, "higher": b, "difference": sim[b]["mean"] - sim[a]["mean"],
                       "ci": [lo, hi], "distinguishable": bool(lo > 0 or hi < 0)})
+    ref = reference if reference in boots else None
+    versus = {}
+    for k in boots:
+        if ref is not None and k != ref:
+            d = boots[k] - boots[ref]
+            lo, hi = float(np.percentile(d, lo_q)), float(np.percentile(d, hi_q))
+            versus[k] = {"difference": sim[k]["mean"] - sim[ref]["mean"], "ci": [lo, hi],
+                         "distinguishable": bool(lo > 0 or hi < 0)}
     return {"level": level, "draws": draws, "seed": seed, "ci": ci, "ordering": ranked,
-            "adjacent_pairs": pairs}
+            "adjacent_pairs": pairs, "reference": ref, "versus_reference": versus}
 
 
 def ordering_text(cmp: dict) -> str:

@@ -27,8 +27,12 @@ def analyze(
         if not p["distinguishable"]:
             typer.echo(f"{p['lower']} vs {p['higher']}: not distinguishable (difference "
                        f"{p['difference']:+.4f}, 95% CI {p['ci'][0]:+.4f} to {p['ci'][1]:+.4f})")
+    ref = res["comparison"]["reference"]
+    for k, p in res["comparison"]["versus_reference"].items():
+        typer.echo(f"{k} vs {ref}: {p['difference']:+.4f} (95% CI {p['ci'][0]:+.4f} to "
+                   f"{p['ci'][1]:+.4f}){'' if p['distinguishable'] else ', not distinguishable'}")
     for k, v in res["keyword_purity"].items():
         if v["mean"] is not None:
-            typer.echo(f"{k:>16}: keyword purity {v['mean']:.3f}, "
-                       f"{100 * v['pure_fraction']:.0f}% of sequences keyword-pure")
+            typer.echo(f"{k:>16}: keyword purity {v['mean']:.3f} over {v['sequences']} keyword "
+                       f"sequences, {100 * v['pure_fraction']:.0f}% keyword-pure")
     typer.echo(f"ordering: {res['ordering_text']}; report: {report / 'report.md'}")

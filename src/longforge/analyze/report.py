@@ -136,11 +136,15 @@ def _markdown(res: dict, plots: dict) -> str:
              "sequences with two or more documents; 95% interval: percentile bootstrap over "
              f"sequences ({cmp['draws']} draws, seed {cmp['seed']}).", "",
              "| method | sequences | multi-doc sequences | docs/sequence | padding | mean cosine "
-             "| 95% CI | sem |", "|---|---|---|---|---|---|---|---|"]
+             f"| 95% CI | sem | vs {cmp['reference'] or 'reference'} (95% CI) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for k, v in res["similarity"].items():
+        vs = cmp["versus_reference"].get(k)
+        vs = ("" if vs is None else f"{vs['difference']:+.4f} [{vs['ci'][0]:+.4f}, "
+              f"{vs['ci'][1]:+.4f}]{'' if vs['distinguishable'] else ' not distinguishable'}")
         lines.append(f"| {k} | {v['sequences']} | {v['multi_doc_sequences']} | "
                      f"{fmt(v['docs_per_sequence'])} | {pct(res['padding'][k])} | "
-                     f"{fmt(v['mean'])} | {ci(k)} | {fmt(v['sem'])} |")
+                     f"{fmt(v['mean'])} | {ci(k)} | {fmt(v['sem'])} | {vs} |")
     lines += ["", f"Ordering (lowest to highest; `<` distinguishable, `≈` not): "
               f"{res['ordering_text']}", "",
               "Adjacent pairs (bootstrap 95% interval of the difference of means; "
@@ -162,15 +166,17 @@ def _markdown(res: dict, plots: dict) -> str:
     lines += ["", f"![similarity]({plots['similarity']})", ""]
     if res["keyword_purity"]:
         lines += ["## Keyword purity", "",
-                  "Per sequence, the share of its document tokens from documents of its dominant "
-                  "keyword (documents without a keyword count in the total); keyword-pure: "
-                  "share 1.0.", "",
-                  "| output | sequences | mean purity | keyword-pure sequences | "
-                  "keywords/sequence | padding |", "|---|---|---|---|---|---|"]
+                  "Per sequence holding documents with a keyword, the share of its document tokens "
+                  "from documents of its dominant keyword (documents without a keyword count in "
+                  "the total); keyword-pure: share 1.0. Sequences of keyword-less documents only "
+                  "(`--no-keyword standard`) are counted apart.", "",
+                  "| output | keyword sequences | mean purity | keyword-pure | keywords/sequence "
+                  "| no-keyword sequences | padding (all sequences) |",
+                  "|---|---|---|---|---|---|---|"]
         for k, v in res["keyword_purity"].items():
             lines.append(f"| {k} | {v['sequences']} | {fmt(v['mean'])} | "
                          f"{pct(v['pure_fraction'])} | {fmt(v['keywords_per_sequence'])} | "
-                         f"{pct(res['padding'][k])} |")
+                         f"{v['no_keyword_sequences']} | {pct(res['padding'][k])} |")
         lines.append("")
     lines += ["## Source domains", "",
               "Entropy (bits) of the distribution of sequence tokens by each sequence's majority "
