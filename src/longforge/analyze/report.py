@@ -41,11 +41,11 @@ def plot_similarity(sim: dict, ci: dict, out: Path) -> str:
     means = np.array([sim[k]["mean"] for k in labels])
     lo = np.array([ci[k][0] if k in ci else m for k, m in zip(labels, means)])
     hi = np.array([ci[k][1] if k in ci else m for k, m in zip(labels, means)])
-    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.95 * len(labels) + 1), 3.8))
     ax.bar(labels, means, yerr=[means - lo, hi - means], color="tab:blue", capsize=4)
     ax.set_ylabel("mean pairwise cosine\nwithin a context")
     ax.set_title("Intra-context document similarity (bootstrap 95% CI)")
-    ax.tick_params(axis="x", labelrotation=20)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
     return _save(fig, out / "similarity.png")
 
 
