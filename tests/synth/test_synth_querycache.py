@@ -119,3 +119,16 @@ def test_near_copies_of_few_shot_questions_give_no_keyword(tmp_path, fake):
     m = run(_cfg(tmp_path, "doc", query_source="document", max_segments=1))
     assert m["quest"]["prompt_example_keywords"] == []
     assert "keywords_echoing_prompt_example" not in m["counts"]
+
+
+def test_demo_stage_replaces_an_output_of_another_version(tmp_path, fake):
+    from types import SimpleNamespace
+
+    from longforge.synth.demo import synth_stage
+
+    state = tmp_path / "synth" / "quest" / "state" / "config.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"fingerprint": "older", "config": {}}))
+    msg = synth_stage(tmp_path, SimpleNamespace(spec="gemma-3-270m"))
+    assert "sequences of 2048 tokens" in msg
+    assert json.loads(state.read_text())["fingerprint"] != "older"

@@ -25,8 +25,10 @@ def _slice(out: Path) -> Path:
 
 
 def synth_stage(out_dir: Path, model) -> str:
+    import shutil
+
     from longforge.synth.config import SynthConfig
-    from longforge.synth.pipeline import run
+    from longforge.synth.pipeline import ConfigMismatch, run
 
     out = out_dir / "synth"
     spec = model.spec if model.spec in ("gemma-3-270m", "gemma") else "gemma-3-270m"
@@ -34,7 +36,11 @@ def synth_stage(out_dir: Path, model) -> str:
                       predictor=spec, query_source="causal", max_segments=1, segment_tokens=128,
                       context_length=2048, no_keyword="standard",
                       query_cache=out / "query-cache", seed=0)
-    m = run(cfg)
+    try:
+        m = run(cfg)
+    except ConfigMismatch:  # left by another longforge version: the demo's own scratch output
+        shutil.rmtree(cfg.output)
+        m = run(cfg)
     q = m["quest"]
     return (f"quest synthesis on {m['read']} sample documents ({PER_SOURCE} per domain, Gemma "
             f"queries, ~2 min on 2 CPU cores): {m['sequences']} sequences of 2048 tokens, "
