@@ -7,7 +7,7 @@
 # `document` ablation (keywords from the text itself), each twice: with the default
 # `--group-boundary mix` (out/.../quest-<source>) and with `--group-boundary pad`
 # (quest-<source>-pad: one keyword per sequence, at the cost of padding; the second run reuses
-# the cached queries). The whole sample corpus (reports/synth-full; ~100 min of Gemma queries):
+# the cached queries). The whole sample corpus (reports/synth-full; about an hour of Gemma queries):
 #   PER_SOURCE=100000 OUT=out/synth-full REPORT=reports/synth-full \
 #     flock /tmp/longforge-heavy.lock sh benchmarks/synth/make_report.sh
 # An output folder made with other settings (or by an older longforge) is refused: delete $OUT.
