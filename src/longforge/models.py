@@ -277,15 +277,12 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device | None = No
         model = tiny_model(spec, vocab_size=len(tok) if tok is not None else 512).to(dev, dt)
         return LoadedModel(model, tok, spec)
     if spec in (DEFAULT_MODEL, "gemma"):
-        path, kwargs = str(_ensure_gemma_cache()), {}
+        path, hub = str(_ensure_gemma_cache()), {}
     else:
-        path, kwargs = _pretrained_args(spec)
-    kwargs["dtype"] = dt
+        path, hub = _pretrained_args(spec)
+    kwargs = {**hub, "dtype": dt}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(dev).eval()
-    tok = None
-    if tokenizer:
-        tok = AutoTokenizer.from_pretrained(path, **{k: v for k, v in kwargs.items()
-                                                     if k == "local_files_only"})
+    tok = AutoTokenizer.from_pretrained(path, **hub) if tokenizer else None
     return LoadedModel(model, tok, spec)

@@ -203,17 +203,16 @@ def quest_decode_triton(q, store, token_budget: int, scale: float, key_mask=None
     budget_pages = store.budget_pages(token_budget)
     if budget_pages is None:
         pages = torch.arange(n, device=q.device).expand(q.shape[0], store.k.shape[1], n)
-        return sparse_attention(q, store.k, store.v, pages, P, store.length, scale,
-                                store.pad_mask(key_mask), softcap)
-    page_ok = store.page_mask(key_mask)
-    if combine == "rank":
-        pages = cpu.top_pages_by_rank(cpu.head_criticality(q, store), budget_pages, page_ok)
+    elif combine == "rank":
+        pages = cpu.top_pages_by_rank(cpu.head_criticality(q, store), budget_pages,
+                                      store.page_mask(key_mask))
     else:
-        pages = cpu.top_pages(criticality(q, store.meta, n), budget_pages, page_ok)
+        pages = cpu.top_pages(criticality(q, store.meta, n), budget_pages,
+                              store.page_mask(key_mask))
     out = sparse_attention(q, store.k, store.v, pages, P, store.length, scale,
                            store.pad_mask(key_mask), softcap)
     return cpu.dense_rows(out, q, store, token_budget, scale, key_mask, softcap,
-                          dense=_dense_rows_step)
+                          dense=_dense_rows_step)  # no row to redo when the step was dense
 
 
 def quest_decode_per_head_triton(q, store, token_budget: int, scale: float, key_mask=None,
