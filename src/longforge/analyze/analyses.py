@@ -162,20 +162,17 @@ def compare(sim: dict[str, dict], seed: int, level: float = 0.95, draws: int = 1
     ci = {k: [float(np.percentile(b, lo_q)), float(np.percentile(b, hi_q))]
           for k, b in boots.items()}
     ranked = sorted(boots, key=lambda k: sim[k]["mean"])
-    pairs = []
-    for a, b in zip(ranked, ranked[1:]):
+
+    def difference(a: str, b: str) -> dict:
+        """``b``'s mean minus ``a``'s, with the interval of the resampled differences."""
         d = boots[b] - boots[a]
         lo, hi = float(np.percentile(d, lo_q)), float(np.percentile(d, hi_q))
-        pairs.append({"lower": a, "higher": b, "difference": sim[b]["mean"] - sim[a]["mean"],
-                      "ci": [lo, hi], "distinguishable": bool(lo > 0 or hi < 0)})
+        return {"difference": sim[b]["mean"] - sim[a]["mean"], "ci": [lo, hi],
+                "distinguishable": bool(lo > 0 or hi < 0)}
+
+    pairs = [{"lower": a, "higher": b, **difference(a, b)} for a, b in zip(ranked, ranked[1:])]
     ref = reference if reference in boots else None
-    versus = {}
-    for k in boots:
-        if ref is not None and k != ref:
-            d = boots[k] - boots[ref]
-            lo, hi = float(np.percentile(d, lo_q)), float(np.percentile(d, hi_q))
-            versus[k] = {"difference": sim[k]["mean"] - sim[ref]["mean"], "ci": [lo, hi],
-                         "distinguishable": bool(lo > 0 or hi < 0)}
+    versus = {k: difference(ref, k) for k in boots if ref is not None and k != ref}
     return {"level": level, "draws": draws, "seed": seed, "ci": ci, "ordering": ranked,
             "adjacent_pairs": pairs, "reference": ref, "versus_reference": versus}
 
