@@ -23,3 +23,11 @@ def gemma_tokenizer():
     from longforge.models import load_tokenizer
 
     return load_tokenizer("gemma-3-270m")
+
+
+@pytest.fixture(scope="session")
+def qwen():
+    """The real bundled Qwen2.5-Coder-0.5B-Instruct (fp32, CPU), loaded once per test process."""
+    from longforge.models import load_model
+
+    return load_model("qwen2.5-coder-0.5b-instruct", device="cpu", dtype="fp32")

