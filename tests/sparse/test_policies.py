@@ -1,4 +1,5 @@
 """Kept sets of StreamingLLM and H2O, and the prefill attention scores H2O starts from."""
+import pytest
 import torch
 
 from longforge.models import cache_kw, tiny_model
@@ -92,3 +93,37 @@ def test_policies_share_one_prefill_and_differ_only_in_decode():
     assert torch.allclose(outs["dense"], ref, atol=1e-4)
     for name in ["quest", "streaming", "h2o"]:
         assert not torch.allclose(outs[name], ref, atol=1e-4), name
+
+
+def test_dense_layers_rules_on_hybrid_and_all_global_models():
+    from longforge.sparse.policies import dense_layer_ids, normalize_dense_layers
+
+    gemma3 = ["sliding_attention"] * 5 + ["full_attention"] + (
+        ["sliding_attention"] * 5 + ["full_attention"]) * 2
+    qwen2 = ["full_attention"] * 24
+    assert dense_layer_ids("auto", qwen2) == {0, 1}  # the paper's first two layers
+    assert dense_layer_ids("auto", gemma3) == {0, 1, 5}  # + the first global layer
+    assert dense_layer_ids(2, gemma3) == {0, 1}  # by index: no global layer of Gemma 3 dense
+    assert dense_layer_ids("full:2", gemma3) == {5, 11}
+    assert dense_layer_ids("full:2", qwen2) == dense_layer_ids(2, qwen2) == {0, 1}
+    assert dense_layer_ids(0, qwen2) == frozenset() and dense_layer_ids("full:0", gemma3) == set()
+    assert normalize_dense_layers("3") == 3 and normalize_dense_layers("full:1") == "full:1"
+    for bad in ("two", "full:", "full:-1", -1, True, "1.5"):
+        with pytest.raises(ValueError, match="dense_layers"):
+            normalize_dense_layers(bad)
+
+
+def test_auto_keeps_tiny_gemma3s_first_global_layer_dense(monkeypatch):
+    """On tiny-gemma3 (global layers 2 and 5) 'auto' decodes layer 2 densely, layer 5 sparsely."""
+    from longforge.sparse.policies import Quest
+
+    seen, sparse = [], Quest.sparse_decode
+    monkeypatch.setattr(Quest, "sparse_decode",
+                        lambda self, layer, *a: seen.append(layer) or sparse(self, layer, *a))
+    m = tiny_model("tiny-gemma3")
+    cache = hf.SparseCache(m, Quest(16, page_size=4), max_len=48)
+    ids = torch.randint(0, 512, (1, 40))
+    with hf.sparse_attention(m, cache.policy):
+        m(input_ids=ids, **cache_kw(m, cache), use_cache=True)
+        m(input_ids=ids[:, -1:], **cache_kw(m, cache), use_cache=True)
+    assert seen == [cache.layers[5]]

@@ -131,7 +131,8 @@ def decode(
     steps: int = typer.Option(24, help="Timed decode steps per policy (median)."),
     warmup: int = typer.Option(2, help="Untimed decode steps per policy first."),
     budget: int = typer.Option(2048, help="Quest token budget."),
-    dense_layers: int = typer.Option(2, help="First N layers dense (Quest's default)."),
+    dense_layers: str = typer.Option("auto", help="Layers that decode densely: auto, N (by "
+                                                  "index) or full:N (see longforge eval)."),
     page_size: int = typer.Option(16),
     kernel: str = typer.Option("c", help="Quest CPU kernel: c or torch."),
     stream_mb: int = typer.Option(512, help="MiB summed to measure the read bandwidth."),
@@ -141,6 +142,12 @@ def decode(
     """End-to-end decode tokens/s, dense vs Quest, through the model forward (CPU)."""
     from longforge.bench import decode as bench
     from longforge.bench.report import decode_markdown, write_decode
+    from longforge.sparse.policies import normalize_dense_layers
+
+    try:
+        dense_layers = normalize_dense_layers(dense_layers)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--dense-layers") from None
 
     s = bench.Settings(contexts=_ints(contexts), llama=llama, gemma=gemma,
                        gemma_contexts=_ints(gemma_contexts), steps=steps, warmup=warmup,

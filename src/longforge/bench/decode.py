@@ -42,7 +42,7 @@ class Settings:
     steps: int = 24
     warmup: int = 2
     budget: int = 2048
-    dense_layers: int = 2
+    dense_layers: int | str = "auto"
     page_size: int = 16
     kernel: str = "c"
     stream_mb: int = 512
@@ -122,7 +122,8 @@ def kv_bytes(cache: SparseCache, policy, page_size: int) -> int:
         if isinstance(layer, PagedLayer):
             st = layer.store
             shape = Shape(st.k.shape[1], st.k.shape[1], st.head_dim)
-            sparse = policy.token_budget is not None and i >= policy.dense_layers
+            sparse = policy.token_budget is not None and not policy.is_dense_layer(
+                i, cache.layer_types)
             total += (quest_bytes(shape, st.length, policy.token_budget, page_size, 4) if sparse
                       else dense_bytes(shape, st.length, 4))
         else:  # sliding window: dense over the window

@@ -22,8 +22,10 @@ _BUDGETS = typer.Option("1/16,1/8,1/4", help="Token budgets: tokens (512) or fra
                                              "context length (1/8, rounded to whole pages), "
                                              "comma-separated.")
 _PAGE = typer.Option(16, help="Quest page size (tokens).")
-_DENSE = typer.Option(2, help="The first N layers (by index) decode densely (every policy). "
-                              "Gemma 3 270M: 6 keeps its first full-attention layer (5) dense.")
+_DENSE = typer.Option("auto", help="Layers that decode densely (every policy): auto (the first "
+                                   "two, plus the first full-attention layer on hybrid models "
+                                   "such as Gemma 3), N (the first N by index) or full:N (the "
+                                   "first N full-attention layers).")
 _DEVICE = typer.Option(None, help="cpu / cuda (default: CUDA when present).")
 _DTYPE = typer.Option(None, help="fp32 / bf16 / fp16 (default: fp32 on CPU).")
 
@@ -34,6 +36,15 @@ def _ints(s: str) -> list[int]:
 
 def _floats(s: str) -> list[float]:
     return [float(x) for x in s.split(",") if x.strip()]
+
+
+def _dense(spec: str):
+    from longforge.sparse.policies import normalize_dense_layers
+
+    try:
+        return normalize_dense_layers(spec)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--dense-layers") from None
 
 
 def _load(model: str, device, dtype):
@@ -53,6 +64,7 @@ def _grid(task: str, model, lengths, depths, trials, methods, budgets, out, tail
     from longforge.progress import say
 
     mod = {"passkey": passkey, "niah": niah}[task]
+    dense_layers = _dense(dense_layers)
     ms = parse_methods(methods, budgets)
     lm = _load(model, device, dtype)
     run_grid(task, lm.model, lm.tokenizer, mod.build, mod.score, _ints(lengths), _floats(depths),
@@ -69,7 +81,7 @@ def passkey(model: str = _MODEL, lengths: str = typer.Option("2048,4096,8192"),
             methods: str = _METHODS, budgets: str = _BUDGETS,
             out: Path = typer.Option(Path("out/evals/passkey")),
             tail: int = typer.Option(64, help="Prompt tokens fed one at a time (decode path)."),
-            max_new: int = 10, page_size: int = _PAGE, dense_layers: int = _DENSE, seed: int = 0,
+            max_new: int = 10, page_size: int = _PAGE, dense_layers: str = _DENSE, seed: int = 0,
             device: str = _DEVICE, dtype: str = _DTYPE):
     """Passkey retrieval (SPEC template) per method x budget x length x depth."""
     _grid("passkey", model, lengths, depths, trials, methods, budgets, out, tail, max_new,
@@ -85,7 +97,7 @@ def niah(model: str = _MODEL, lengths: str = typer.Option("2048,4096,8192"),
                                                   "or folder (default: the sample corpus)."),
          source: str = typer.Option("python-docs", help="Corpus documents of this source only "
                                                         "('' for all)."),
-         tail: int = 64, max_new: int = 12, page_size: int = _PAGE, dense_layers: int = _DENSE,
+         tail: int = 64, max_new: int = 12, page_size: int = _PAGE, dense_layers: str = _DENSE,
          seed: int = 0, device: str = _DEVICE, dtype: str = _DTYPE):
     """RULER-style needle in a haystack of real text per method x budget x length x depth."""
     from longforge.evals import niah as mod
@@ -103,7 +115,7 @@ def ppl(model: str = _MODEL, lengths: str = typer.Option("4096", help="Context b
         out: Path = typer.Option(Path("out/evals/ppl")),
         haystack: Path = typer.Option(None, help="Text to score (default: the sample corpus)."),
         source: str = typer.Option("python-docs", help="Longest document of this source."),
-        page_size: int = _PAGE, dense_layers: int = _DENSE, device: str = _DEVICE,
+        page_size: int = _PAGE, dense_layers: str = _DENSE, device: str = _DEVICE,
         dtype: str = _DTYPE):
     """Perplexity of a long text decoded token by token under each budget."""
     from longforge.evals import niah as hay
@@ -112,6 +124,7 @@ def ppl(model: str = _MODEL, lengths: str = typer.Option("4096", help="Context b
     from longforge.evals.runner import parse_methods
 
     hay.set_haystack(haystack, source or None)
+    dense_layers = _dense(dense_layers)
     lm = _load(model, device, dtype)
     mod.run(lm.model, lm.tokenizer, _ints(lengths), tokens, parse_methods(methods, budgets), out,
             page_size, dense_layers, settings={"model": model, "source": source,

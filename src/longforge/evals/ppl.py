@@ -29,7 +29,7 @@ def nll_under(model, cache, policy, ids: list[int]) -> float:
 
 
 def run(model, tok, lengths, tokens: int, methods: list[Method], out_dir: Path,
-        page_size: int = 16, dense_layers: int = 2, settings: dict | None = None) -> Results:
+        page_size: int = 16, dense_layers: int | str = "auto", settings: dict | None = None) -> Results:
     """``settings``: what else the results depend on (model, text), pinned in ``config.json``
     with the arguments here (see ``runner.pin_settings``)."""
     from longforge.evals import niah

@@ -46,7 +46,7 @@ class Method:
             return page_size * max(1, (2 * length * num + den * page_size) // (2 * den * page_size))
         return int(self.budget)
 
-    def policy(self, length: int, page_size: int, dense_layers: int) -> Policy:
+    def policy(self, length: int, page_size: int, dense_layers: int | str) -> Policy:
         return make_policy(self.name, self.tokens(length, page_size), page_size=page_size,
                            dense_layers=dense_layers)
 
@@ -167,7 +167,7 @@ def decode(model, cache: SparseCache, policy: Policy, tail: list[int], max_new: 
 
 
 def run_sample(model, ids: list[int], methods: list[Method], tail: int, max_new: int,
-               page_size: int, dense_layers: int, stop=None, skip=()) -> dict[Method, list[int]]:
+               page_size: int, dense_layers: int | str, stop=None, skip=()) -> dict[Method, list[int]]:
     """One shared dense prefill of ``ids[:-tail]``, then every method's decoder on a copy."""
     if len(ids) <= tail:
         raise ValueError(f"prompt of {len(ids)} tokens is not longer than the tail ({tail})")
@@ -198,7 +198,7 @@ def first_int(text: str) -> int | None:
 
 def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials: int,
              methods: list[Method], out_dir: Path, tail: int = 64, max_new: int = 12,
-             page_size: int = 16, dense_layers: int = 2, seed: int = 0,
+             page_size: int = 16, dense_layers: int | str = "auto", seed: int = 0,
              settings: dict | None = None) -> Results:
     """Every (length, depth, trial) sample through every method; resumable.
 

@@ -140,7 +140,9 @@ class SparseCache(Cache):
         page_size = page_size or self.policy.page_size
         track = self.policy.needs_scores if track_scores is None else track_scores
         layers = []
-        for kind, kw in zip(*get_layer_types_and_kwargs(config)):
+        kinds, kwargs = get_layer_types_and_kwargs(config)
+        self.layer_types = tuple(kinds)
+        for kind, kw in zip(kinds, kwargs):
             if kind == "full_attention":
                 layers.append(PagedLayer(max_len, page_size, track))
             elif kind in ("sliding_attention", "chunked_attention"):
@@ -150,7 +152,7 @@ class SparseCache(Cache):
         super().__init__(layers=layers)
 
 
-def QuestCache(model, token_budget: int = 2048, page_size: int = 16, dense_layers: int = 2,
+def QuestCache(model, token_budget: int = 2048, page_size: int = 16, dense_layers: int | str = "auto",
                max_len: int = 0) -> SparseCache:
     """A :class:`SparseCache` with the Quest policy (for users calling ``forward`` themselves)."""
     return SparseCache(model, Quest(token_budget, page_size, dense_layers), max_len)
@@ -220,7 +222,7 @@ def sparse_attention_forward(module, query, key, value, attention_mask, scaling=
             _accumulate_scores(layer, query, key, attention_mask, scaling, softcap)
         return _dense(module, query, key, value, attention_mask, scaling, softcap, **kwargs)
     out = past.policy.decode(module.layer_idx, layer, query[:, :, 0], _key_mask(attention_mask),
-                             scaling, softcap)
+                             scaling, softcap, past.layer_types)
     return out[:, None].contiguous(), None
 
 
@@ -333,7 +335,7 @@ def _generate_length(model, args, kwargs) -> int:
     return ids.shape[1] + new
 
 
-def quest(model, token_budget: int = 2048, page_size: int = 16, dense_layers: int = 2,
+def quest(model, token_budget: int = 2048, page_size: int = 16, dense_layers: int | str = "auto",
           max_len: int | None = None, selection: str = "group"):
     """``with quest(model, token_budget=2048): model.generate(...)`` -- Quest decode attention.
 
@@ -342,10 +344,10 @@ def quest(model, token_budget: int = 2048, page_size: int = 16, dense_layers: in
     pages in turn) or ``"head"`` (K pages per query head, as on multi-head models; a group
     reads the union of its heads' pages, up to G x the bytes).
 
-    ``dense_layers``: the first N layers by index decode densely (the paper keeps 2). On models
-    whose first layers are sliding-window layers that keeps no full-attention layer dense; on
-    Gemma 3 270M ``dense_layers=6`` (its first full-attention layer dense) is what brings Quest
-    to dense accuracy on needle retrieval (docs/sparse.md).
+    ``dense_layers``: which layers decode densely: ``"auto"`` (default: the paper's first two
+    layers, plus the first full-attention layer on hybrid models such as Gemma 3, whose first
+    layers are sliding-window), ``N`` (the first N layers by index) or ``"full:N"`` (the first N
+    full-attention layers); see ``policies.dense_layer_ids``.
     """
     kinds = {"group": Quest, "rank": QuestRank, "head": QuestPerHead}
     if selection not in kinds:
@@ -353,14 +355,14 @@ def quest(model, token_budget: int = 2048, page_size: int = 16, dense_layers: in
     return sparse_attention(model, kinds[selection](token_budget, page_size, dense_layers), max_len)
 
 
-def streaming_llm(model, token_budget: int, sinks: int = 4, dense_layers: int = 2,
+def streaming_llm(model, token_budget: int, sinks: int = 4, dense_layers: int | str = "auto",
                   max_len: int | None = None):
     """StreamingLLM (attention sinks + recent window) at ``token_budget`` tokens."""
     return sparse_attention(model, StreamingLLM(token_budget, dense_layers=dense_layers,
                                                 sinks=sinks), max_len)
 
 
-def h2o(model, token_budget: int, dense_layers: int = 2, max_len: int | None = None):
+def h2o(model, token_budget: int, dense_layers: int | str = "auto", max_len: int | None = None):
     """H2O (heavy hitters + recent window) at ``token_budget`` tokens."""
     return sparse_attention(model, H2O(token_budget, dense_layers=dense_layers), max_len)
 

@@ -3,8 +3,9 @@
 A policy decides, for one decode step of one full-attention layer, which cached tokens the
 query attends to; the softmax over the kept tokens is exact. Every policy sees the same
 page-contiguous cache (``PagedKV``), the same dense prefill and the same ``token_budget``
-(tokens attended per KV head per step); the first ``dense_layers`` layers stay dense for all of
-them. When a row's context fits the budget, every policy is dense.
+(tokens attended per KV head per step); the layers that ``dense_layers`` names stay dense for
+all of them (:func:`dense_layer_ids`). When a row's context fits the budget, every policy is
+dense.
 
 * ``Dense``: every token (the baseline; ``ops.dense_decode``).
 * ``Quest``: per step, the top ``token_budget / page_size`` pages by criticality, chosen per KV
@@ -33,27 +34,84 @@ import torch
 from longforge.sparse.ops import dense_decode, quest_decode, quest_decode_per_head
 
 
+DENSE_AUTO = "auto"
+
+
+def parse_dense_layers(spec: int | str) -> tuple[str, int]:
+    """``dense_layers`` as (rule, N): ``N`` or ``"N"`` (the first N layers by index, the paper's
+    counting), ``"full:N"`` (the first N full-attention layers), ``"auto"`` (see
+    :func:`dense_layer_ids`)."""
+    if isinstance(spec, bool):
+        raise ValueError(f"dense_layers={spec!r}: give N, 'full:N' or 'auto'")
+    if isinstance(spec, int):
+        rule, n = "index", spec
+    elif spec == DENSE_AUTO:
+        return "auto", 2
+    elif isinstance(spec, str) and spec.isdigit():
+        rule, n = "index", int(spec)
+    elif isinstance(spec, str) and spec.startswith("full:") and spec[5:].isdigit():
+        rule, n = "full", int(spec[5:])
+    else:
+        raise ValueError(f"dense_layers={spec!r}: give N (the first N layers by index), 'full:N' "
+                         "(the first N full-attention layers) or 'auto'")
+    if n < 0:
+        raise ValueError(f"dense_layers must be >= 0, got {n}")
+    return rule, n
+
+
+def normalize_dense_layers(spec: int | str) -> int | str:
+    """``spec`` checked, with ``"N"`` as the int ``N`` (how settings files record it)."""
+    rule, n = parse_dense_layers(spec)
+    return n if rule == "index" else spec
+
+
+def dense_layer_ids(spec: int | str, layer_types) -> frozenset[int]:
+    """The layers that decode densely under ``dense_layers=spec`` on a model whose layers have
+    ``layer_types`` (``"full_attention"``, ``"sliding_attention"``, ...; None: all full).
+
+    ``"auto"`` (the default) keeps the paper's first two layers dense and, on hybrid models whose
+    first layers are sliding-window layers, also the first full-attention layer: on Llama and Qwen2
+    (every layer global) that is layers 0 and 1; on Gemma 3 (five sliding layers, then a global
+    one) it is layer 5, the first layer that sees the whole context (sliding layers never run a
+    sparse policy anyway). Counting by index alone would keep no global layer of Gemma 3 dense.
+    """
+    rule, n = parse_dense_layers(spec)
+    full = [i for i, t in enumerate(layer_types or ()) if t == "full_attention"]
+    if layer_types is None:
+        return frozenset(range(n))
+    if rule == "index":
+        return frozenset(range(min(n, len(layer_types))))
+    if rule == "full":
+        return frozenset(full[:n])
+    return frozenset(range(min(2, len(layer_types)))) | frozenset(full[:1])
+
+
 @dataclass
 class Policy:
     token_budget: int | None = None
     page_size: int = 16
-    dense_layers: int = 2
+    dense_layers: int | str = DENSE_AUTO
     name = "policy"
     needs_scores = False
 
     def __post_init__(self):
         if self.token_budget is not None and self.token_budget < 1:
             raise ValueError(f"token_budget must be >= 1, got {self.token_budget}")
-        if self.page_size < 1 or self.dense_layers < 0:
-            raise ValueError("page_size must be >= 1 and dense_layers >= 0")
+        if self.page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        parse_dense_layers(self.dense_layers)
+
+    def is_dense_layer(self, layer_idx: int, layer_types=None) -> bool:
+        """``layer_idx`` decodes densely (see :func:`dense_layer_ids`)."""
+        return layer_idx in dense_layer_ids(self.dense_layers, layer_types)
 
     def label(self) -> str:
         return self.name if self.token_budget is None else f"{self.name}@{self.token_budget}"
 
     def decode(self, layer_idx: int, layer, q: torch.Tensor, key_mask: torch.Tensor | None,
-               scale: float, softcap: float | None) -> torch.Tensor:
+               scale: float, softcap: float | None, layer_types=None) -> torch.Tensor:
         """Attention output ``[B, H_q, D]`` of the decode query ``q [B, H_q, D]``."""
-        if layer_idx < self.dense_layers or self.token_budget is None:
+        if self.token_budget is None or self.is_dense_layer(layer_idx, layer_types):
             return dense_decode(q, layer.store, scale, key_mask, softcap)
         return self.sparse_decode(layer, q, key_mask, scale, softcap)
 
