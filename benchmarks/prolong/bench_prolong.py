@@ -1,6 +1,6 @@
 """Reference vs fast ProLong scoring, same documents, same run.
 
-    flock /tmp/longforge-heavy.lock python benchmarks/prolong/bench_prolong.py \
+    python benchmarks/prolong/bench_prolong.py \
         --docs 4 --chunks 8 --out benchmarks/results/prolong_cpu
 
 Documents: real sample-corpus documents (round-robin over its domains) cut to exactly
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from longforge.corpus import atomic_write_json, atomic_write_text, read_documents
-from longforge.demo import sample_corpus_path
+from longforge.data import sample_corpus_path
 from longforge.models import load_model
 from longforge.prolong.score import ScoreSettings, make_scorer, score_document
 

@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from longforge.corpus import atomic_write_text
-from longforge.demo import sample_corpus_path
+from longforge.data import sample_corpus_path
 
 
 def main() -> None:

@@ -11,14 +11,10 @@ from pathlib import Path
 
 import typer
 
+from longforge.cli_support import command
 from longforge.corpus import Manifest, atomic_write_json, read_documents
+from longforge.data import sample_corpus_path
 from longforge.progress import say
-
-
-def sample_corpus_path() -> Path:
-    from importlib.resources import files
-
-    return Path(str(files("longforge.data.sample").joinpath("corpus.jsonl.gz")))
 
 
 def corpus_stage(out_dir: Path, model) -> str:
@@ -59,7 +55,9 @@ def _stages():
             ("synth", synth_stage), ("sparse", sparse_stage)]
 
 
-def demo(output: Path = typer.Option(Path("out/demo"), help="Where the demo writes its outputs."),
+@command
+def demo(output: Path = typer.Option(Path("out/demo"), "--output", "-o",
+                                     help="Where the demo writes its outputs."),
          model: str = typer.Option("gemma-3-270m", help="Model spec (default: bundled Gemma).")):
     """Run every method on the bundled Gemma 3 270M and the sample corpus, and say where the
     outputs are."""

@@ -34,11 +34,7 @@ def test_passkey_prompt(tok):
 def test_niah_prompt_uses_corpus_text_and_depth(tok, tmp_path):
     hay = tmp_path / "hay.txt"
     hay.write_text("Alpha beta gamma. Delta epsilon.\n" * 400)
-    niah.set_haystack(hay, None)
-    try:
-        ids, value = niah.build(tok, 800, 0.25, seed=1)
-    finally:
-        niah.set_haystack(None)
+    ids, value = niah.build(tok, 800, 0.25, seed=1, haystack=niah.Haystack(str(hay), None))
     text = tok.decode(ids)
     assert len(ids) == 800 and "grass is green" not in text
     needle = text.index(f"is: {value}.")
@@ -61,7 +57,7 @@ def test_parse_methods_and_budgets():
     with pytest.raises(ValueError):
         parse_methods("quest", "half")
     with pytest.raises(ValueError):
-        parse_methods("snapkv", "1/8")
+        parse_methods("pyramidkv", "1/8")  # not a policy here
 
 
 def test_grid_runs_resumes_and_reports(tok, model, tmp_path, monkeypatch):
@@ -97,8 +93,8 @@ def test_a_rerun_with_other_settings_is_refused(tok, model, tmp_path):
         with pytest.raises(ValueError, match="other settings.*page_size|other settings.*model"):
             run_grid("passkey", model, tok, passkey.build, passkey.score, [120], [0.5], 1,
                      methods, tmp_path, **args, **change)
-    (tmp_path / "config.json").unlink()  # results whose settings are unknown
-    with pytest.raises(ValueError, match="no config.json"):
+    (tmp_path / "settings.json").unlink()  # results whose settings are unknown
+    with pytest.raises(ValueError, match="no settings.json"):
         run_grid("passkey", model, tok, passkey.build, passkey.score, [120], [0.5], 1, methods,
                  tmp_path, page_size=8, **args)
 
@@ -106,13 +102,10 @@ def test_a_rerun_with_other_settings_is_refused(tok, model, tmp_path):
 def test_dense_token_by_token_ppl_equals_teacher_forcing(tok, model, tmp_path):
     hay = tmp_path / "doc.txt"
     hay.write_text(" ".join(f"word{i % 37} is next." for i in range(300)))
-    niah.set_haystack(hay, None)
-    try:
-        res = ppl.run(model, tok, [64], 16, parse_methods("dense,quest", "16"), tmp_path,
-                      page_size=4, dense_layers=0)
-        doc = niah.longest_document_ids(tok, niah._HAYSTACK)
-    finally:
-        niah.set_haystack(None)
+    haystack = niah.Haystack(str(hay), None)
+    res = ppl.run(model, tok, [64], 16, parse_methods("dense,quest", "16"), tmp_path,
+                  page_size=4, dense_layers=0, haystack=haystack)
+    doc = niah.longest_document_ids(tok, haystack)
     ids = torch.tensor([[tok.bos_token_id, *doc[: 64 + 16 - 1]]])
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)

@@ -1,11 +1,11 @@
-"""With the real Gemma 3 270M: fast == reference, and what LDS rewards (SPEC.md section 2)."""
+"""With the real Gemma 3 270M: fast == reference, and what LDS rewards (docs/prolong.md)."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from longforge.corpus import read_documents
-from longforge.demo import sample_corpus_path
+from longforge.data import sample_corpus_path
 from longforge.prolong.fast import FastScorer
 from longforge.prolong.lds import doc_rng, sample_pairs
 from longforge.prolong.reference import ReferenceScorer

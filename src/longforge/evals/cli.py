@@ -1,7 +1,7 @@
 """``longforge eval passkey|niah|ppl|report``: accuracy of KV policies on long contexts.
 
-Runs are resumable: results go to ``OUT/results.jsonl`` one cell at a time and a rerun with the
-same output folder skips finished cells. Long runs: start them in the background
+Runs are resumable: results go to ``OUTPUT/results.jsonl`` one cell at a time and a rerun with
+the same output folder skips finished cells. Long runs: start them in the background
 (``nohup longforge eval passkey ... &``) and rerun after an interruption.
 """
 from __future__ import annotations
@@ -10,32 +10,31 @@ from pathlib import Path
 
 import typer
 
+from longforge.cli_support import DEVICE_HELP, command, default_output, deprecated, split
+
 app = typer.Typer(help="Evaluate decode-time KV policies (dense, Quest, StreamingLLM, H2O) on "
                        "passkey retrieval, needle-in-a-haystack and perplexity.",
                   no_args_is_help=True)
 
-_MODEL = typer.Option("gemma-3-270m", help="Model spec (see longforge.models).")
-_METHODS = typer.Option("dense,quest,streaming,h2o",
-                        help="Comma-separated policies: dense, quest, quest-rank, quest-head "
-                             "(the GQA selection ablations), streaming, h2o.")
-_BUDGETS = typer.Option("1/16,1/8,1/4", help="Token budgets: tokens (512) or fractions of the "
-                                             "context length (1/8, rounded to whole pages), "
-                                             "comma-separated.")
+_MODEL = typer.Option("gemma-3-270m", help="Model spec (bundled name, .gguf file, HF id or "
+                                           "folder; see docs/models.md).")
+_METHODS = typer.Option(["dense,quest,streaming,h2o"],
+                        help="Policies: dense, quest, quest-rank, quest-head (the GQA selection "
+                             "ablations), streaming, h2o (comma-separated or repeated).")
+_BUDGETS = typer.Option(["1/16,1/8,1/4"], help="Token budgets: tokens (512) or fractions of the "
+                                               "context length (1/8, rounded to whole pages).")
 _PAGE = typer.Option(16, help="Quest page size (tokens).")
 _DENSE = typer.Option("auto", help="Layers that decode densely (every policy): auto (the first "
                                    "two, plus the first full-attention layer on hybrid models "
                                    "such as Gemma 3), N (the first N by index) or full:N (the "
                                    "first N full-attention layers).")
-_DEVICE = typer.Option(None, help="cpu / cuda (default: CUDA when present).")
-_DTYPE = typer.Option(None, help="fp32 / bf16 / fp16 (default: fp32 on CPU).")
-
-
-def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x.strip()]
-
-
-def _floats(s: str) -> list[float]:
-    return [float(x) for x in s.split(",") if x.strip()]
+_DEVICE = typer.Option("auto", help=DEVICE_HELP)
+_DTYPE = typer.Option("auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16.")
+_OUTPUT = typer.Option(None, "--output", "-o", help="Output folder (resumable; default "
+                                                    "out/eval/<task>).")
+_OUT_OLD = typer.Option(None, "--out", hidden=True)
+_HAYSTACK = typer.Option(None, help="Haystack text: corpus .jsonl[.gz], text file or folder "
+                                    "(default: the sample corpus).")
 
 
 def _dense(spec: str):
@@ -47,6 +46,15 @@ def _dense(spec: str):
         raise typer.BadParameter(str(exc), param_hint="--dense-layers") from None
 
 
+def _methods(methods, budgets):
+    from longforge.evals.runner import parse_methods
+
+    try:
+        return parse_methods(",".join(split(methods)), ",".join(split(budgets)))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--methods/--budgets") from None
+
+
 def _load(model: str, device, dtype):
     import torch
 
@@ -56,18 +64,25 @@ def _load(model: str, device, dtype):
     return load_model(model, device=device, dtype=dtype)
 
 
+def _output(task: str, output, out_old) -> Path:
+    return deprecated(output, out_old, "--out", "--output/-o") or default_output("eval", task)
+
+
 def _grid(task: str, model, lengths, depths, trials, methods, budgets, out, tail, max_new,
-          page_size, dense_layers, seed, device, dtype, settings=None):
+          page_size, dense_layers, seed, device, dtype, settings=None, haystack=None):
+    import functools
+
     from longforge.evals import niah, passkey
     from longforge.evals.report import write_report
-    from longforge.evals.runner import parse_methods, run_grid
+    from longforge.evals.runner import run_grid
     from longforge.progress import say
 
-    mod = {"passkey": passkey, "niah": niah}[task]
-    dense_layers = _dense(dense_layers)
-    ms = parse_methods(methods, budgets)
+    build = {"passkey": passkey.build,
+             "niah": functools.partial(niah.build, haystack=haystack)}[task]
+    score = {"passkey": passkey.score, "niah": niah.score}[task]
+    ms, dense_layers = _methods(methods, budgets), _dense(dense_layers)
     lm = _load(model, device, dtype)
-    run_grid(task, lm.model, lm.tokenizer, mod.build, mod.score, _ints(lengths), _floats(depths),
+    run_grid(task, lm.model, lm.tokenizer, build, score, split(lengths, int), split(depths, float),
              trials, ms, out, tail=tail, max_new=max_new, page_size=page_size,
              dense_layers=dense_layers, seed=seed, settings={"model": model, **(settings or {})})
     write_report(out)
@@ -76,67 +91,72 @@ def _grid(task: str, model, lengths, depths, trials, methods, budgets, out, tail
 
 
 @app.command()
-def passkey(model: str = _MODEL, lengths: str = typer.Option("2048,4096,8192"),
-            depths: str = typer.Option("0,0.25,0.5,0.75,1"), trials: int = 1,
-            methods: str = _METHODS, budgets: str = _BUDGETS,
-            out: Path = typer.Option(Path("out/evals/passkey")),
+@command
+def passkey(model: str = _MODEL, lengths: list[str] = typer.Option(["2048,4096,8192"]),
+            depths: list[str] = typer.Option(["0,0.25,0.5,0.75,1"]), trials: int = 1,
+            methods: list[str] = _METHODS, budgets: list[str] = _BUDGETS,
+            output: Path = _OUTPUT,
             tail: int = typer.Option(64, help="Prompt tokens fed one at a time (decode path)."),
             max_new: int = 10, page_size: int = _PAGE, dense_layers: str = _DENSE, seed: int = 0,
-            device: str = _DEVICE, dtype: str = _DTYPE):
-    """Passkey retrieval (SPEC template) per method x budget x length x depth."""
-    _grid("passkey", model, lengths, depths, trials, methods, budgets, out, tail, max_new,
-          page_size, dense_layers, seed, device, dtype)
+            device: str = _DEVICE, dtype: str = _DTYPE, out_old: Path = _OUT_OLD):
+    """Passkey retrieval (Landmark Attention / Quest template) per method x budget x length x
+    depth."""
+    _grid("passkey", model, lengths, depths, trials, methods, budgets,
+          _output("passkey", output, out_old), tail, max_new, page_size, dense_layers, seed,
+          device, dtype)
 
 
 @app.command()
-def niah(model: str = _MODEL, lengths: str = typer.Option("2048,4096,8192"),
-         depths: str = typer.Option("0,0.25,0.5,0.75,1"), trials: int = 1,
-         methods: str = _METHODS, budgets: str = _BUDGETS,
-         out: Path = typer.Option(Path("out/evals/niah")),
-         haystack: Path = typer.Option(None, help="Haystack text: corpus .jsonl[.gz], text file "
-                                                  "or folder (default: the sample corpus)."),
+@command
+def niah(model: str = _MODEL, lengths: list[str] = typer.Option(["2048,4096,8192"]),
+         depths: list[str] = typer.Option(["0,0.25,0.5,0.75,1"]), trials: int = 1,
+         methods: list[str] = _METHODS, budgets: list[str] = _BUDGETS,
+         output: Path = _OUTPUT, haystack: Path = _HAYSTACK,
          source: str = typer.Option("python-docs", help="Corpus documents of this source only "
                                                         "('' for all)."),
          tail: int = 64, max_new: int = 12, page_size: int = _PAGE, dense_layers: str = _DENSE,
-         seed: int = 0, device: str = _DEVICE, dtype: str = _DTYPE):
+         seed: int = 0, device: str = _DEVICE, dtype: str = _DTYPE, out_old: Path = _OUT_OLD):
     """RULER-style needle in a haystack of real text per method x budget x length x depth."""
-    from longforge.evals import niah as mod
+    from longforge.evals.niah import Haystack
 
-    mod.set_haystack(haystack, source or None)
-    _grid("niah", model, lengths, depths, trials, methods, budgets, out, tail, max_new,
-          page_size, dense_layers, seed, device, dtype,
-          {"haystack": str(haystack or "sample corpus"), "source": source})
+    hay = Haystack(str(haystack) if haystack else None, source or None)
+    _grid("niah", model, lengths, depths, trials, methods, budgets,
+          _output("niah", output, out_old), tail, max_new, page_size, dense_layers, seed, device,
+          dtype, {"haystack": hay.describe(), "source": source}, haystack=hay)
 
 
 @app.command()
-def ppl(model: str = _MODEL, lengths: str = typer.Option("4096", help="Context before scoring."),
+@command
+def ppl(model: str = _MODEL,
+        lengths: list[str] = typer.Option(["4096"], help="Context before scoring."),
         tokens: int = typer.Option(256, help="Tokens scored, fed one at a time."),
-        methods: str = _METHODS, budgets: str = _BUDGETS,
-        out: Path = typer.Option(Path("out/evals/ppl")),
+        methods: list[str] = _METHODS, budgets: list[str] = _BUDGETS,
+        output: Path = _OUTPUT,
         haystack: Path = typer.Option(None, help="Text to score (default: the sample corpus)."),
         source: str = typer.Option("python-docs", help="Longest document of this source."),
         page_size: int = _PAGE, dense_layers: str = _DENSE, device: str = _DEVICE,
-        dtype: str = _DTYPE):
+        dtype: str = _DTYPE, out_old: Path = _OUT_OLD):
     """Perplexity of a long text decoded token by token under each budget."""
-    from longforge.evals import niah as hay
     from longforge.evals import ppl as mod
+    from longforge.evals.niah import Haystack
     from longforge.evals.report import write_report
-    from longforge.evals.runner import parse_methods
 
-    hay.set_haystack(haystack, source or None)
-    dense_layers = _dense(dense_layers)
+    out = _output("ppl", output, out_old)
+    hay = Haystack(str(haystack) if haystack else None, source or None)
+    ms, dense = _methods(methods, budgets), _dense(dense_layers)
     lm = _load(model, device, dtype)
-    mod.run(lm.model, lm.tokenizer, _ints(lengths), tokens, parse_methods(methods, budgets), out,
-            page_size, dense_layers, settings={"model": model, "source": source,
-                                               "haystack": str(haystack or "sample corpus")})
+    mod.run(lm.model, lm.tokenizer, split(lengths, int), tokens, ms, out, page_size, dense,
+            settings={"model": model, "source": source, "haystack": hay.describe()},
+            haystack=hay)
     write_report(out)
     typer.echo((Path(out) / "summary.md").read_text())
 
 
 @app.command()
-def report(out: Path = typer.Argument(..., help="A folder holding results.jsonl.")):
+@command
+def report(output: Path = typer.Argument(..., help="A folder holding results.jsonl.")):
     """Rebuild summary.json / summary.md / heatmaps from a (partial) results.jsonl."""
     from longforge.evals.report import write_report
 
-    write_report(out)
-    typer.echo((Path(out) / "summary.md").read_text())
+    write_report(output)
+    typer.echo((Path(output) / "summary.md").read_text())

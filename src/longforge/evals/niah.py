@@ -8,6 +8,7 @@ inserted after ``depth`` of it, at the nearest preceding sentence or line end.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,51 +22,57 @@ _ADJ = ["amber", "brisk", "calm", "dusty", "eager", "fuzzy", "gentle", "hollow",
 _NOUN = ["anchor", "badger", "candle", "dune", "ember", "falcon", "garden", "harbor", "island",
          "jacket", "kettle", "lantern", "meadow", "needle", "orchard", "pebble", "quarry",
          "river", "saddle", "tunnel"]
-_HAYSTACK: tuple[Path | None, str | None] = (None, "python-docs")
 
 
-def set_haystack(path: str | Path | None, source: str | None = "python-docs") -> None:
-    """Use ``path`` (default: the sample corpus) keeping documents of ``source`` (None: all)."""
-    global _HAYSTACK
-    _HAYSTACK = (Path(path) if path else None, source)
+@dataclass(frozen=True)
+class Haystack:
+    """The text needles are hidden in: a corpus ``.jsonl[.gz]`` (its documents of ``source``
+    only, unless None), a text file or a folder of text files; ``path`` None: the sample
+    corpus."""
+    path: str | None = None
+    source: str | None = "python-docs"
+
+    def describe(self) -> str:
+        return str(self.path or "sample corpus")
+
+    def texts(self):
+        from longforge.data import sample_corpus_path
+
+        path = Path(self.path or sample_corpus_path())
+        if not path.exists():
+            raise FileNotFoundError(f"haystack {path} not found; pass --haystack with a corpus "
+                                    "(.jsonl/.jsonl.gz), a text file or a directory of text files")
+        if path.is_dir():
+            for p in sorted(path.iterdir()):
+                if p.is_file():
+                    yield p.read_text(errors="replace")
+        elif ".jsonl" in path.name:
+            from longforge.corpus import Manifest, read_documents
+
+            for doc in read_documents(path, Manifest()):
+                if self.source is None or doc.source == self.source:
+                    yield doc.text
+        else:
+            yield path.read_text(errors="replace")
 
 
-def haystack_texts(hay: tuple[Path | None, str | None] | None = None):
-    from longforge.demo import sample_corpus_path
-
-    path, source = hay or _HAYSTACK
-    path = Path(path or sample_corpus_path())
-    if not path.exists():
-        raise FileNotFoundError(f"haystack {path} not found; pass --haystack with a corpus "
-                                "(.jsonl/.jsonl.gz), a text file or a directory of text files")
-    if path.is_dir():
-        for p in sorted(path.iterdir()):
-            if p.is_file():
-                yield p.read_text(errors="replace")
-    elif ".jsonl" in path.name:
-        from longforge.corpus import Manifest, read_documents
-
-        for doc in read_documents(path, Manifest()):
-            if source is None or doc.source == source:
-                yield doc.text
-    else:
-        yield path.read_text(errors="replace")
+SAMPLE = Haystack()
 
 
 @lru_cache(maxsize=4)
-def _hay_ids(tok, n_tokens: int, hay: tuple) -> tuple[int, ...]:
+def _hay_ids(tok, n_tokens: int, hay: Haystack) -> tuple[int, ...]:
     ids: list[int] = []
-    for text in haystack_texts(hay):
+    for text in hay.texts():
         ids += tok("\n\n" + text.strip(), add_special_tokens=False).input_ids
         if len(ids) >= n_tokens:
             return tuple(ids[:n_tokens])
-    raise ValueError(f"haystack {hay} holds only {len(ids)} tokens, {n_tokens} needed")
+    raise ValueError(f"haystack {hay.describe()} holds only {len(ids)} tokens, {n_tokens} needed")
 
 
 @lru_cache(maxsize=4)
-def longest_document_ids(tok, hay: tuple) -> tuple[int, ...]:
+def longest_document_ids(tok, hay: Haystack) -> tuple[int, ...]:
     """Tokens of the longest document of the haystack (for perplexity)."""
-    return tuple(tok(max(haystack_texts(hay), key=len).strip(), add_special_tokens=False).input_ids)
+    return tuple(tok(max(hay.texts(), key=len).strip(), add_special_tokens=False).input_ids)
 
 
 def _boundary(tok, ids, pos: int, window: int = 64) -> int:
@@ -75,7 +82,7 @@ def _boundary(tok, ids, pos: int, window: int = 64) -> int:
     return pos
 
 
-def build(tok, length: int, depth: float, seed: int) -> tuple[list[int], str]:
+def build(tok, length: int, depth: float, seed: int, haystack: Haystack = SAMPLE) -> tuple[list[int], str]:
     rng = random.Random(seed)
     key = f"{rng.choice(_ADJ)}-{rng.choice(_NOUN)}"
     value = str(rng.randint(1_000_000, 9_999_999))
@@ -83,7 +90,7 @@ def build(tok, length: int, depth: float, seed: int) -> tuple[list[int], str]:
     head = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + enc(INSTRUCTION)
     needle, question = enc(NEEDLE.format(key=key, value=value)), enc(QUESTION.format(key=key))
     n = length - len(head) - len(needle) - len(question)
-    hay = list(_hay_ids(tok, n, _HAYSTACK))
+    hay = list(_hay_ids(tok, n, haystack))
     pos = _boundary(tok, hay, round(depth * n))
     return head + hay[:pos] + needle + hay[pos:] + question, value
 

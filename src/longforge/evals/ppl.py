@@ -29,8 +29,9 @@ def nll_under(model, cache, policy, ids: list[int]) -> float:
 
 
 def run(model, tok, lengths, tokens: int, methods: list[Method], out_dir: Path,
-        page_size: int = 16, dense_layers: int | str = "auto", settings: dict | None = None) -> Results:
-    """``settings``: what else the results depend on (model, text), pinned in ``config.json``
+        page_size: int = 16, dense_layers: int | str = "auto", settings: dict | None = None,
+        haystack=None) -> Results:
+    """``settings``: what else the results depend on (model, text), pinned in ``settings.json``
     with the arguments here (see ``runner.pin_settings``)."""
     from longforge.evals import niah
     from longforge.progress import progress
@@ -47,7 +48,7 @@ def run(model, tok, lengths, tokens: int, methods: list[Method], out_dir: Path,
             if not todo:
                 continue
             bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-            doc = niah.longest_document_ids(tok, niah._HAYSTACK)
+            doc = niah.longest_document_ids(tok, haystack or niah.SAMPLE)
             if len(doc) < L + tokens:
                 raise ValueError(f"the longest document has {len(doc)} tokens; {L + tokens} needed")
             ids = bos + list(doc[: L + tokens - 1])

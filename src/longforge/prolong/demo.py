@@ -5,11 +5,11 @@ from pathlib import Path
 
 from longforge.corpus import read_documents, write_documents
 from longforge.prolong.filter import filter_corpus
-from longforge.prolong.score import ScoreSettings, read_scores, score_corpus, use_model
+from longforge.prolong.score import ScoreSettings, read_scores, score_corpus
 
 
 def prolong_stage(out_dir: Path, model, per_domain: int = 1, max_chunks: int = 6) -> str:
-    from longforge.demo import sample_corpus_path
+    from longforge.data import sample_corpus_path
 
     base = out_dir / "prolong"
     picked: dict[str, list] = {}
@@ -19,8 +19,7 @@ def prolong_stage(out_dir: Path, model, per_domain: int = 1, max_chunks: int = 6
     corpus = write_documents([d for ds in picked.values() for d in ds], base, prefix="input",
                              fmt="jsonl")
     s = ScoreSettings(model=model.spec, max_chunks=max_chunks)
-    use_model(model, s)
-    m = score_corpus(corpus, base / "scores", s)
+    m = score_corpus(corpus, base / "scores", s, model=model)
     f = filter_corpus(base / "scores", corpus, base / "kept", keep=0.5)
     recs = sorted((r for r in read_scores(base / "scores") if r["lds"] is not None),
                   key=lambda r: -r["lds"])

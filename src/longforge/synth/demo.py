@@ -12,7 +12,7 @@ PER_SOURCE = 4          # 4 documents from each of the 7 domains: 28 one-segment
 
 
 def _slice(out: Path) -> Path:
-    from longforge.demo import sample_corpus_path
+    from longforge.data import sample_corpus_path
 
     taken: dict[str, int] = {}
     keep = []
@@ -28,7 +28,8 @@ def synth_stage(out_dir: Path, model) -> str:
     import shutil
 
     from longforge.synth.config import SynthConfig
-    from longforge.synth.pipeline import ConfigMismatch, run
+    from longforge.runs import SettingsMismatch
+    from longforge.synth.pipeline import run
 
     out = out_dir / "synth"
     spec = model.spec if model.spec in ("gemma-3-270m", "gemma") else "gemma-3-270m"
@@ -36,11 +37,12 @@ def synth_stage(out_dir: Path, model) -> str:
                       predictor=spec, query_source="causal", max_segments=1, segment_tokens=128,
                       context_length=2048, no_keyword="standard",
                       query_cache=out / "query-cache", seed=0)
+    shared = model if model.spec == spec else None  # the demo's model is the predictor
     try:
-        m = run(cfg)
-    except ConfigMismatch:  # left by another longforge version: the demo's own scratch output
+        m = run(cfg, shared)
+    except SettingsMismatch:  # left by another longforge version: the demo's own scratch output
         shutil.rmtree(cfg.output)
-        m = run(cfg)
+        m = run(cfg, shared)
     q = m["quest"]
     return (f"quest synthesis on {m['read']} sample documents ({PER_SOURCE} per domain, Gemma "
             f"queries, ~2 min on 2 CPU cores): {m['sequences']} sequences of 2048 tokens, "
