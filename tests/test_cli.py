@@ -27,3 +27,48 @@ def test_each_subcommand_explains_itself():
         res = CliRunner().invoke(app, [name, "--help"])
         assert res.exit_code == 0, (name, res.output)
         assert "Usage" in res.output
+
+
+def _corpus(path, n=6):
+    import json
+
+    path.write_text("".join(json.dumps({"id": f"d{i}", "text": f"document {i} " * 60,
+                                        "source": "s"}) + "\n" for i in range(n)))
+    return path
+
+
+def test_synth_takes_quiet_after_the_subcommand_and_writes_under_out_by_default(tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    corpus = _corpus(tmp_path / "c.jsonl")
+    res = CliRunner().invoke(app, ["synth", str(corpus), "--method", "standard", "-L", "128",
+                                   "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out" / "synth" / "standard" / "manifest.json").exists()
+    assert "pack + write" not in res.output  # no progress bar
+
+
+def test_eval_and_bench_write_under_out_and_old_out_spelling_warns(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["eval", "passkey", "--model", "tiny-llama", "--lengths", "160", "--depths", "0.5",
+            "--methods", "dense", "--methods", "quest", "--budgets", "64", "--tail", "4",
+            "--max-new", "2", "-q"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out" / "eval" / "passkey" / "results.jsonl").exists()
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "old")])
+    assert res.exit_code == 0, res.output
+    assert "--out is deprecated" in res.output and (tmp_path / "old" / "settings.json").exists()
+    res = CliRunner().invoke(app, [*args, "--out", "a", "-o", "b"])
+    assert res.exit_code == 2 and "not both" in res.output
+
+
+def test_runtime_problems_are_errors_not_usage_errors(tmp_path):
+    corpus = _corpus(tmp_path / "c.jsonl")
+    res = CliRunner().invoke(app, ["score", str(corpus), "-o", str(tmp_path / "s"), "--model",
+                                   str(tmp_path / "missing.gguf")])
+    assert res.exit_code == 1 and "error:" in res.output and "no such GGUF file" in res.output
+    assert not (tmp_path / "s" / "settings.json").exists()  # nothing pinned by a typo
+    res = CliRunner().invoke(app, ["score", str(corpus), "-o", str(tmp_path / "s"),
+                                   "--chunk-size", "1"])
+    assert res.exit_code == 2 and "--chunk-size" in res.output  # a bad option: usage

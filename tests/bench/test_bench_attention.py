@@ -19,7 +19,7 @@ def test_shapes_parse():
 
 
 def test_bytes_give_the_spec_ceilings():
-    gqa = attention.parse_shape("32/8x128")  # SPEC section 3: 1/16 + 1/16 at 32K, budget 2048
+    gqa = attention.parse_shape("32/8x128")  # docs/speed.md: 1/16 + 1/16 at 32K, budget 2048
     dense = attention.dense_bytes(gqa, 32768, 4)
     assert dense == 2 * 32768 * 8 * 128 * 4
     assert attention.quest_bytes(gqa, 32768, 2048, 16, 4) * 8 == dense
@@ -34,7 +34,7 @@ ARGS = ["attention", "--shapes", "4x16,32/8x128", "--contexts", "256,1024", "--b
 
 
 def test_attention_bench_writes_json_markdown_png(tmp_path):
-    res = CliRunner().invoke(app, [*ARGS, "--out", str(tmp_path)])
+    res = CliRunner().invoke(app, [*ARGS, "-o", str(tmp_path)])
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "results.json").read_text())
     rows = data["rows"]
@@ -56,7 +56,7 @@ def test_attention_bench_writes_json_markdown_png(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
 def test_cuda_without_gpu_says_so_and_measures_nothing(tmp_path):
-    res = CliRunner().invoke(app, ["attention", "--device", "cuda", "--out", str(tmp_path / "o")])
+    res = CliRunner().invoke(app, ["attention", "--device", "cuda", "-o", str(tmp_path / "o")])
     assert res.exit_code != 0
     assert "no CUDA GPU found" in res.output
     assert not (tmp_path / "o").exists()
@@ -64,6 +64,6 @@ def test_cuda_without_gpu_says_so_and_measures_nothing(tmp_path):
 
 def test_bad_options_are_refused(tmp_path):
     for extra in (["--kernels", "fortran"], ["--shapes", "32"], ["--device", "tpu"]):
-        res = CliRunner().invoke(app, [*ARGS, *extra, "--out", str(tmp_path)])
+        res = CliRunner().invoke(app, [*ARGS, *extra, "-o", str(tmp_path)])
         assert res.exit_code == 2, (extra, res.output)
     assert not (tmp_path / "results.json").exists()

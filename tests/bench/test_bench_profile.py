@@ -10,7 +10,7 @@ from longforge.bench.cli import app
 def test_profile_writes_stages_per_kernel(tmp_path):
     res = CliRunner().invoke(app, [
         "profile", "--shape", "8/2x32", "--contexts", "1024", "--budget", "128", "--repeats",
-        "3", "--warmup", "1", "--flush-mb", "1", "--stream-mb", "8", "--out", str(tmp_path)])
+        "3", "--warmup", "1", "--flush-mb", "1", "--stream-mb", "8", "-o", str(tmp_path)])
     assert res.exit_code == 0, res.output
     rows = json.loads((tmp_path / "profile.json").read_text())["rows"]
     assert [r["kernel"] for r in rows] == ["torch", "c"]
@@ -24,5 +24,5 @@ def test_profile_writes_stages_per_kernel(tmp_path):
 
 def test_profile_refuses_a_context_that_fits_the_budget(tmp_path):
     res = CliRunner().invoke(app, ["profile", "--shape", "4/2x16", "--contexts", "256",
-                                   "--budget", "512", "--stream-mb", "8", "--out", str(tmp_path)])
+                                   "--budget", "512", "--stream-mb", "8", "-o", str(tmp_path)])
     assert res.exit_code == 2 and "fits the budget" in res.output

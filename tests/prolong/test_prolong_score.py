@@ -36,6 +36,7 @@ def tiny(monkeypatch):
     scorer.calls = []
     lm = SimpleNamespace(tokenizer=CharTokenizer(), model=scorer.model)
     monkeypatch.setattr(score_mod, "_model_and_scorer", lambda s: (lm, scorer))
+    monkeypatch.setattr(score_mod, "check_spec", lambda spec: None)  # "tiny": the fake above
     return scorer
 
 
@@ -88,7 +89,7 @@ def test_killed_run_resumes_without_rescoring(tmp_path, tiny):
     tiny.fail_after = 3
     with pytest.raises(KeyboardInterrupt):
         score_corpus(corpus, tmp_path / "out", SETTINGS)
-    partial = tmp_path / "out" / "_state" / "shard-00000.partial.jsonl"
+    partial = tmp_path / "out" / "state" / "shard-00000.partial.jsonl"
     done_before = [json.loads(line)["id"] for line in partial.read_text().splitlines()]
     assert len(done_before) == 4  # 3 scored + the too-short one (needs no model)
     with open(partial, "a") as fh:
@@ -182,18 +183,34 @@ def test_cli_score_then_filter(tmp_path, tiny):
     from longforge.cli import app
 
     corpus = _corpus(tmp_path, "c.jsonl")
-    r = CliRunner().invoke(app, ["-q", "score", "-i", str(corpus), "-o", str(tmp_path / "s"),
+    r = CliRunner().invoke(app, ["score", str(corpus), "-o", str(tmp_path / "s"), "--quiet",
                                  "--chunk-size", str(C), "--max-chunks", "6", "--pairs", "10",
                                  "--num-shards", "2", "--format", "parquet"])
     assert r.exit_code == 0, r.output
-    assert "scored 6 of 8 input documents" in r.output
-    r = CliRunner().invoke(app, ["-q", "filter", "--scores", str(tmp_path / "s"), "--corpus",
-                                 str(corpus), "-o", str(tmp_path / "f"), "--threshold", "-1e9"])
+    assert "scored 6 of 8 input documents" in r.output and "warning" not in r.output
+    r = CliRunner().invoke(app, ["filter", str(corpus), "--scores", str(tmp_path / "s"), "-q",
+                                 "-o", str(tmp_path / "f"), "--threshold", "-1e9"])
     assert r.exit_code == 0, r.output
     assert "kept 6 of 8" in r.output and (tmp_path / "f" / "part-00000.jsonl").exists()
-    r = CliRunner().invoke(app, ["score", "-i", str(corpus), "-o", str(tmp_path / "s"),
+    r = CliRunner().invoke(app, ["score", str(corpus), "-o", str(tmp_path / "s"),
                                  "--chunk-size", "9"])
-    assert r.exit_code != 0 and "other settings" in r.output
+    assert r.exit_code == 1 and "error:" in r.output and "other settings" in r.output
+
+
+def test_old_score_and_filter_spellings_warn_and_work(tmp_path, tiny):
+    from typer.testing import CliRunner
+
+    from longforge.cli import app
+
+    corpus = _corpus(tmp_path, "c.jsonl")
+    r = CliRunner().invoke(app, ["-q", "score", "-i", str(corpus), "-o", str(tmp_path / "s"),
+                                 "--chunk-size", str(C), "--max-chunks", "6", "--pairs", "10"])
+    assert r.exit_code == 0, r.output
+    assert "--input/-i is deprecated" in r.output and "scored 6 of 8" in r.output
+    r = CliRunner().invoke(app, ["-q", "filter", "--scores", str(tmp_path / "s"), "--corpus",
+                                 str(corpus), "-o", str(tmp_path / "f")])
+    assert r.exit_code == 0, r.output
+    assert "--corpus is deprecated" in r.output and "kept 3 of 8" in r.output
 
 
 def test_demo_stage_with_a_tiny_model(tmp_path):

@@ -8,7 +8,8 @@ import pytest
 
 from longforge.synth import prepare as prepare_mod
 from longforge.synth.config import SynthConfig
-from longforge.synth.pipeline import ConfigMismatch, run
+from longforge.runs import SettingsMismatch
+from longforge.synth.pipeline import run
 
 TOPICS = {
     "kernel": "How does the kernel schedule realtime threads?",
@@ -102,7 +103,7 @@ def test_resume_after_a_killed_run_redoes_only_unfinished_shards(tmp_path, monke
     run(_cfg(tmp_path, "fresh", num_shards=2))
     assert ((tmp_path / "out" / "sequences-00000.jsonl.gz").read_bytes()
             == (tmp_path / "fresh" / "sequences-00000.jsonl.gz").read_bytes())
-    with pytest.raises(ConfigMismatch):
+    with pytest.raises(SettingsMismatch):
         run(_cfg(tmp_path, num_shards=3))
 
 
@@ -220,11 +221,11 @@ def test_a_document_lost_by_a_method_is_an_internal_error(tmp_path, monkeypatch)
 
 def test_rerun_with_other_packing_or_format_is_refused(tmp_path):
     run(_cfg(tmp_path))
-    with pytest.raises(ConfigMismatch, match=r"context_length: 256 -> 512"):
+    with pytest.raises(SettingsMismatch, match=r"context_length: 256 there, 512 now"):
         run(_cfg(tmp_path, context_length=512))
-    with pytest.raises(ConfigMismatch, match=r"fmt: 'jsonl.gz' -> 'parquet'"):
+    with pytest.raises(SettingsMismatch, match=r"fmt: 'jsonl.gz' there, 'parquet' now"):
         run(_cfg(tmp_path, fmt="parquet"))
-    with pytest.raises(ConfigMismatch, match="boundary"):
+    with pytest.raises(SettingsMismatch, match="boundary"):
         run(_cfg(tmp_path, boundary="pad"))
     m = run(_cfg(tmp_path, workers=2, doc_batch=4))  # how it runs, not what it writes: resumes
     assert m["files"] == {"sequences": "sequences-00000.jsonl.gz",

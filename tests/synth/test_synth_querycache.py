@@ -53,7 +53,7 @@ def fake(monkeypatch):
     FakePredictor.calls = []
     echo = {}
     monkeypatch.setattr(SynthConfig, "make_predictor",
-                        lambda self: FakePredictor(self, echo.get("for")))
+                        lambda self, model=None: FakePredictor(self, echo.get("for")))
     return echo
 
 
@@ -131,4 +131,6 @@ def test_demo_stage_replaces_an_output_of_another_version(tmp_path, fake):
     state.write_text(json.dumps({"fingerprint": "older", "config": {}}))
     msg = synth_stage(tmp_path, SimpleNamespace(spec="gemma-3-270m"))
     assert "sequences of 2048 tokens" in msg
-    assert json.loads(state.read_text())["fingerprint"] != "older"
+    assert not state.exists()
+    pinned = json.loads((tmp_path / "synth" / "quest" / "settings.json").read_text())
+    assert pinned["command"] == "synth" and pinned["settings"]["method"] == "quest"

@@ -5,7 +5,10 @@ from pathlib import Path
 
 import typer
 
+from longforge.cli_support import command
 
+
+@command
 def analyze(
     outputs: list[Path] = typer.Argument(..., help="Output directories of `longforge synth`."),
     report: Path = typer.Option(Path("out/analyze"), "--output", "-o", help="Report folder."),

@@ -148,7 +148,7 @@ def decode_markdown(result: dict) -> str:
     out = [f"# End-to-end decode, dense vs Quest ({meta['device']})", "",
            f"Command: `{meta['command']}`", "", _environment(meta), "",
            f"- {meta['fill']}",
-           f"- Part (b): `{st['gemma']}` after a real dense prefill of a passkey prompt; the "
+           f"- Part (b): `{st['model']}` after a real dense prefill of a passkey prompt; the "
            "cache is copied per policy and each policy greedily decodes its own continuation.",
            f"- Quest: budget {st['budget']}, page size {st['page_size']}, first "
            f"{st['dense_layers']} layers dense, CPU kernel `{st['kernel']}` (and, as "

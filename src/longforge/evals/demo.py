@@ -16,7 +16,7 @@ def sparse_stage(out_dir: Path, model) -> str:
     from longforge.evals.runner import Results, parse_methods, run_grid
 
     out = out_dir / "sparse"
-    if out.exists() and not (out / "config.json").exists():
+    if out.exists() and not (out / "settings.json").exists():
         shutil.rmtree(out)  # the demo's own folder, from a version that did not pin settings
     with torch.no_grad():
         run_grid("passkey", model.model, model.tokenizer, passkey.build, passkey.score, [2048],

@@ -1,12 +1,12 @@
 """Tables (JSON + Markdown) and depth x length heatmaps from a ``results.jsonl``."""
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
 from longforge.corpus import atomic_write_json, atomic_write_text
 from longforge.evals.runner import Method, Results
+from longforge.runs import RunFolder
 
 
 def _budget_key(b: str):
@@ -109,16 +109,16 @@ def heatmaps(task: str, s: dict, out_dir: Path) -> list[Path]:
 
 
 def write_report(out_dir: Path) -> dict:
-    """Write ``summary.json`` (with the run's settings from ``config.json``), ``summary.md``
-    and heatmaps next to ``results.jsonl``."""
+    """Write ``summary.json`` (with the run's pinned settings), ``summary.md`` and heatmaps next
+    to ``results.jsonl``."""
     out_dir = Path(out_dir)
     rows = Results(out_dir / "results.jsonl").rows
     if not rows:
         raise FileNotFoundError(f"no results in {out_dir / 'results.jsonl'}")
     task = rows[0]["task"]
     s = summarize(rows)
-    config = out_dir / "config.json"
-    settings = json.loads(config.read_text()) if config.exists() else {}
+    pinned = RunFolder(out_dir, "eval", legacy=("config.json",)).pinned()
+    settings = pinned["settings"] if pinned else {}
     atomic_write_json(out_dir / "summary.json", {**settings, "task": task, **s})
     atomic_write_text(out_dir / "summary.md", markdown(task, s))
     if task != "ppl":

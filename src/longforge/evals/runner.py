@@ -4,8 +4,8 @@ Every method sees the same prompt, the same dense prefill of its first ``len - t
 (computed once, copied per method) and decodes the last ``tail`` prompt tokens one at a time,
 so decode-step attention (where the policies differ) reads the whole context. Results are
 appended to ``results.jsonl`` one cell at a time; a rerun skips the cells already there, and
-``config.json`` pins the settings they were made with, so a rerun with other settings into the
-same folder is refused instead of mixing cells.
+``settings.json`` pins the settings they were made with, so a rerun with other settings into the
+same folder is refused instead of mixing cells (:mod:`longforge.runs`).
 
 Budgets given as a fraction of the context are rounded to a whole number of pages (at least
 one), so that every policy attends the same number of tokens and Quest's K = budget / P pages
@@ -51,31 +51,19 @@ class Method:
                            dense_layers=dense_layers)
 
 
-# How fractional budgets become tokens (recorded in config.json; see Method.tokens).
+# How fractional budgets become tokens (recorded in settings.json; see Method.tokens).
 BUDGET_RULE = "fraction of the context, rounded to whole pages"
 
 
 def pin_settings(out_dir: Path, settings: dict) -> None:
-    """Record ``settings`` in ``OUT/config.json`` on the first run; refuse a run with other
-    settings into a folder that holds results (resume would mix their cells)."""
-    from longforge.corpus import atomic_write_json
+    """Pin ``settings`` in ``OUT/settings.json`` (:class:`longforge.runs.RunFolder`): a rerun
+    with other settings into a folder that holds results is refused (resume would mix their
+    cells), and so is a folder of results whose settings are unknown."""
+    from longforge.runs import RunFolder
 
     out_dir = Path(out_dir)
-    path = out_dir / "config.json"
-    settings = json.loads(json.dumps(settings))  # as it reads back
-    if path.exists():
-        old = json.loads(path.read_text())
-        diff = {k: (old.get(k), settings.get(k)) for k in sorted(old.keys() | settings.keys())
-                if old.get(k) != settings.get(k)}
-        if diff:
-            said = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-            raise ValueError(f"{out_dir} holds results made with other settings ({said}): "
-                             "choose another --out, or the same settings to resume")
-        return
-    if Results(out_dir / "results.jsonl").rows:
-        raise ValueError(f"{out_dir} holds results but no config.json, so their settings are "
-                         "unknown: choose another --out")
-    atomic_write_json(path, settings)
+    RunFolder(out_dir, "eval", legacy=("config.json",)).pin(
+        settings, has_results=bool(Results(out_dir / "results.jsonl").rows))
 
 
 def parse_methods(methods: str, budgets: str) -> list[Method]:
@@ -149,12 +137,20 @@ def prefill(model, ids: list[int], max_len: int, track_scores: bool,
 @torch.no_grad()
 def decode(model, cache: SparseCache, policy: Policy, tail: list[int], max_new: int,
            stop=None) -> list[int]:
-    """Feed ``tail`` one token at a time under ``policy``, then greedy-decode up to ``max_new``."""
+    """Feed ``tail`` one token at a time under ``policy``, then greedy-decode up to ``max_new``.
+
+    A policy that compresses at the end of prefill (SnapKV) gets ``tail[:-1]`` as one more
+    prefill chunk instead, so that its observation window holds the end of the prompt (the
+    question), as it would in ``generate``."""
     cache.policy = policy
     dev = model.device
-    for t in tail[:-1]:
-        body(model)(input_ids=torch.tensor([[t]], device=dev), **cache_kw(model, cache),
+    if policy.compresses_prefill and len(tail) > 1:
+        body(model)(input_ids=torch.tensor([tail[:-1]], device=dev), **cache_kw(model, cache),
                     use_cache=True)
+    else:
+        for t in tail[:-1]:
+            body(model)(input_ids=torch.tensor([[t]], device=dev), **cache_kw(model, cache),
+                        use_cache=True)
     nxt, out = tail[-1], []
     for _ in range(max_new):
         logits = model(input_ids=torch.tensor([[nxt]], device=dev), **cache_kw(model, cache),
@@ -204,7 +200,7 @@ def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials:
 
     ``build(tokenizer, length, depth, rng_seed) -> (ids, expected)``;
     ``score(output_text, expected) -> bool``. ``settings``: what else the results depend on
-    (model, haystack, ...), pinned in ``config.json`` with the arguments here.
+    (model, haystack, ...), pinned in ``settings.json`` with the arguments here.
     """
     from longforge.progress import progress
     from longforge.sparse.hf import sparse_attention

@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from longforge.corpus import Manifest, ShardWriter, atomic_write_json, iter_input_files, read_documents
+from longforge.corpus import Manifest, ShardWriter, iter_input_files, read_documents
 from longforge.corpus.writers import output_format_of
 from longforge.prolong.score import read_scores
+from longforge.runs import RunFolder
 
 
 def select(records: list[dict], keep: float | None = None, threshold: float | None = None):
@@ -41,6 +42,10 @@ def _check_finished(scores) -> None:
 def filter_corpus(scores, corpus, output, *, keep: float | None = None,
                   threshold: float | None = None, fmt: str | None = None) -> dict:
     _check_finished(scores)
+    run = RunFolder(output, "filter")
+    inputs = [str(corpus)] if isinstance(corpus, (str, Path)) else [str(c) for c in corpus]
+    run.pin({"scores": str(scores), "corpus": inputs, "keep": keep,
+             "threshold": threshold, "format": fmt})
     records = read_scores(scores)
     by_id = {r["id"]: r for r in records}
     kept, cutoff = select(records, keep, threshold)
@@ -61,5 +66,5 @@ def filter_corpus(scores, corpus, output, *, keep: float | None = None,
     manifest.extra = {"keep": keep, "threshold": threshold, "lds_cutoff": cutoff,
                       "scored_documents": sum(r.get("lds") is not None for r in records),
                       "scores": str(scores), "output_file": w.path.name}
-    atomic_write_json(Path(output) / "manifest.json", manifest.to_dict())
+    run.write_manifest(manifest.to_dict())
     return manifest.to_dict()

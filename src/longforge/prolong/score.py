@@ -4,23 +4,30 @@ Layout of the output folder::
 
     scores-00000.jsonl ...   one record per input document of that shard (see ``score_document``)
     manifest.json            every input accounted for: scored, too short, or skipped by the reader
-    settings.json            what the run was asked for (a resumed run must ask for the same)
-    _state/                  shard-<n>.json when a shard is done; shard-<n>.partial.jsonl while
+    settings.json            what the run was asked for (:mod:`longforge.runs`: a resumed run
+                             must ask for the same)
+    state/                   shard-<n>.json when a shard is done; shard-<n>.partial.jsonl while
                              it runs (one line per finished document, appended as it finishes,
                              so a killed run resumes without redoing finished documents; the
                              scores file is written from it, streaming, when the shard ends)
+
+The model is loaded once per process (:func:`loaded`), or passed in by a caller that holds one
+(``score_corpus(..., model=lm)``, in-process executors only).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from longforge.corpus import Manifest, ShardWriter, atomic_write_json, read_documents
+from longforge.corpus import Manifest, ShardWriter, read_documents
 from longforge.executor import make_executor
+from longforge.models import check_spec
 from longforge.progress import progress, say
+from longforge.runs import RunFolder
 from longforge.prolong.lds import doc_rng, long_dependency_score, make_chunks, sample_pairs
 
 FORMATS = ("jsonl", "jsonl.gz", "parquet")
@@ -108,32 +115,17 @@ def score_document(doc_id: str, token_ids, scorer, s: ScoreSettings, source=None
     return rec
 
 
-_LOADED: dict = {}
+@functools.lru_cache(maxsize=1)
+def loaded(s: ScoreSettings):
+    """``(LoadedModel, scorer)`` for ``s``, loaded once per process (shards that run in the same
+    process share it)."""
+    from longforge.models import load_model
 
-
-def _key(s: ScoreSettings):
-    return (s.model, s.device, s.dtype, s.path, s.batch_tokens, s.chunk_size)
-
-
-def _model_and_scorer(s: ScoreSettings):
-    """Load once per process (shards in the same process share the model)."""
-    key = _key(s)
-    if key not in _LOADED:
-        from longforge.models import load_model
-
-        _LOADED.clear()
-        lm = load_model(s.model, device=None if s.device == "auto" else s.device,
-                        dtype=None if s.dtype == "auto" else s.dtype)
-        if lm.tokenizer is None:
-            raise ValueError(f"model {s.model!r} has no tokenizer")
-        _LOADED[key] = (lm, make_scorer(lm.model, s))
-    return _LOADED[key]
-
-
-def use_model(lm, s: ScoreSettings) -> None:
-    """Score with an already loaded model (``LoadedModel``) instead of loading ``s.model``."""
-    _LOADED.clear()
-    _LOADED[_key(s)] = (lm, make_scorer(lm.model, s))
+    lm = load_model(s.model, device=None if s.device == "auto" else s.device,
+                    dtype=None if s.dtype == "auto" else s.dtype)
+    if lm.tokenizer is None:
+        raise ValueError(f"model {s.model!r} has no tokenizer")
+    return lm, make_scorer(lm.model, s)
 
 
 def _resume_log(path: Path) -> set[str]:
@@ -157,6 +149,10 @@ def _resume_log(path: Path) -> set[str]:
     return done
 
 
+def _model_and_scorer(s: ScoreSettings):
+    return loaded(s)
+
+
 @dataclass
 class ScoreTask:
     """Score one shard of the corpus (picklable, for the executor)."""
@@ -165,6 +161,14 @@ class ScoreTask:
     output: str
     settings: ScoreSettings
     threads: int = 0
+    model: object = None  # a LoadedModel to score with instead of loading settings.model
+
+    def _model_and_scorer(self):
+        if self.model is None:
+            return _model_and_scorer(self.settings)
+        if getattr(self, "_scorer", None) is None:
+            self._scorer = (self.model, make_scorer(self.model.model, self.settings))
+        return self._scorer
 
     def __call__(self, shard: int, num_shards: int) -> dict:
         if self.threads:
@@ -180,7 +184,7 @@ class ScoreTask:
             for doc in progress(docs, desc=f"score shard {shard}", unit="doc"):
                 if doc.id in done:
                     continue
-                lm, scorer = _model_and_scorer(s)
+                lm, scorer = self._model_and_scorer()
                 ids = lm.tokenizer(doc.text, add_special_tokens=False)["input_ids"]
                 vocab = lm.model.config.vocab_size
                 if ids and max(ids) >= vocab:
@@ -205,28 +209,31 @@ class ScoreTask:
 
 
 def partial_log(out: Path, shard: int) -> Path:
-    return Path(out) / "_state" / f"shard-{shard:05d}.partial.jsonl"
+    return RunFolder(out, "score").state / f"shard-{shard:05d}.partial.jsonl"
 
 
 def score_corpus(inputs, output, settings: ScoreSettings = ScoreSettings(), *,
-                 num_shards: int = 1, workers: int = 1, executor: str = "local") -> dict:
-    """Score every document; return the manifest (also written to ``output/manifest.json``)."""
+                 num_shards: int = 1, workers: int = 1, executor: str = "local",
+                 model=None) -> dict:
+    """Score every document; return the manifest (also written to ``output/manifest.json``).
+
+    ``model``: a ``LoadedModel`` to score with (it must be ``settings.model``); only with the
+    local executor and one worker, which run in this process."""
     settings.check()
+    if model is not None and (executor != "local" or workers != 1):
+        raise ValueError("a loaded model can only be used in this process: executor local, "
+                         "one worker")
     out = Path(output)
     inputs = [str(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
     wanted = {**asdict(settings), "inputs": inputs, "num_shards": num_shards}
-    sfile = out / "settings.json"
-    if sfile.exists():
-        old = json.loads(sfile.read_text())
-        if old != wanted:
-            diff = {k: (old.get(k), v) for k, v in wanted.items() if old.get(k) != v}
-            raise ValueError(f"{out} holds a run with other settings {diff}; resume it with the "
-                             "same settings or choose another --output")
+    if model is None:
+        check_spec(settings.model)  # before settings.json: a typo must not pin a run
+    run = RunFolder(out, "score", legacy_state="_state")
+    if run.pin(wanted):
         say(f"resuming the run in {out}")
-    atomic_write_json(sfile, wanted)
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
-    task = ScoreTask(inputs, str(out), settings, threads)
-    results = make_executor(executor, workers, out / "_state", desc="score shards").run(task, num_shards)
+    task = ScoreTask(inputs, str(out), settings, threads, model)
+    results = make_executor(executor, workers, run.state, desc="score shards").run(task, num_shards)
     for shard in range(num_shards):  # every shard is marked done now: its log has served
         partial_log(out, shard).unlink(missing_ok=True)
     manifest = Manifest()
@@ -236,7 +243,7 @@ def score_corpus(inputs, output, settings: ScoreSettings = ScoreSettings(), *,
                       "scored_tokens": sum(r["scored_tokens"] for r in results),
                       "outputs": sorted(p.name for p in out.glob(f"scores-*.{settings.fmt}")),
                       "seconds_last_run_per_shard": [round(r["seconds"], 3) for r in results]}
-    atomic_write_json(out / "manifest.json", manifest.to_dict())
+    run.write_manifest(manifest.to_dict())
     return manifest.to_dict()
 
 

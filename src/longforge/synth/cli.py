@@ -5,12 +5,14 @@ from pathlib import Path
 
 import typer
 
+from longforge.cli_support import DEVICE_HELP, command, default_output, deprecated, split
 from longforge.synth.config import SynthConfig
 
 
+@command
 def synth(
     inputs: list[Path] = typer.Argument(..., help="Corpus files or folders (JSONL(.gz), Parquet, text)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output directory (resumable)."),
+    output: Path = typer.Option(None, "--output", "-o", help="Output directory (resumable; default out/synth/<method>)."),
     method: str = typer.Option("quest", help="quest | standard | knn | iclm | longdoc."),
     context_length: int = typer.Option(32768, "--context-length", "-L", help="Tokens per sequence."),
     tokenizer: str = typer.Option("gemma-3-270m", help="Tokenizer of the target model (lengths, EOS separator)."),
@@ -30,12 +32,12 @@ def synth(
     max_segments: int = typer.Option(4, help="Segments per document (first ones); 0 = all."),
     batch_size: int = typer.Option(8, help="Predictor batch size."),
     max_new_tokens: int = typer.Option(32, help="Longest query, in tokens."),
-    device: str = typer.Option(None, help="Predictor device (default: CUDA when present)."),
+    device: str = typer.Option("auto", help="Predictor device: " + DEVICE_HELP),
     query_cache: Path = typer.Option(None, help="Query cache folder (default: <longforge cache>/synth-queries)."),
     split_ratio: float = typer.Option(0.2, help="Fraction of keywords (fewest documents first) in the short index I_s."),
     max_repeats: int = typer.Option(0, help="Cap on I_s passes (0 = no cap)."),
     no_keyword: str = typer.Option("drop", help="Documents without a keyword: drop | standard (packed in random order)."),
-    stop_keyword: list[str] = typer.Option([], "--stop-keyword", help="Extra stop keyword (repeatable)."),
+    stop_keywords: list[str] = typer.Option([], "--stop-keywords", help="Extra stop keywords (comma-separated or repeated)."),
     stop_keywords_file: Path = typer.Option(None, help="File of extra stop keywords, one a line."),
     min_score: float = typer.Option(3.0, help="Lowest RAKE score kept."),
     min_chars: int = typer.Option(4, help="Fewest characters (punctuation stripped) kept."),
@@ -43,11 +45,14 @@ def synth(
     knn_k: int = typer.Option(10, help="Neighbours per anchor (knn)."),
     index_kind: str = typer.Option("auto", help="faiss index: auto | flat | ivfpq."),
     iclm_k: int = typer.Option(50, help="kNN graph degree (iclm)."),
+    stop_keyword_old: list[str] = typer.Option(None, "--stop-keyword", hidden=True),
 ):
     """Pack a corpus into long-context training sequences (Quest or a baseline)."""
-    from longforge.synth.pipeline import ConfigMismatch, run
+    from longforge.synth.pipeline import run
 
-    stops = list(stop_keyword)
+    output = output or default_output("synth", method)
+    stops = split(deprecated(stop_keywords, stop_keyword_old, "--stop-keyword",
+                             "--stop-keywords", default=[]))
     if stop_keywords_file:
         stops += [ln.strip() for ln in stop_keywords_file.read_text().splitlines() if ln.strip()]
     try:
@@ -64,11 +69,7 @@ def synth(
             embedder=embedder, knn_k=knn_k, index_kind=index_kind, iclm_k=iclm_k)
     except ValueError as exc:  # a bad option: say which, before any work is done
         raise typer.BadParameter(str(exc)) from None
-    try:
-        m = run(cfg)
-    except ConfigMismatch as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    m = run(cfg)
     typer.echo(f"{m['sequences']} sequences of {context_length} tokens; {m['read']} documents "
                f"read, {m['used']} used, {m['skipped']} skipped, "
                f"dropped {m['dropped_by_reason']}; manifest: {output / 'manifest.json'}")

@@ -63,7 +63,7 @@ class SynthConfig:
     max_segments: int | None = 4
     batch_size: int = 8
     max_new_tokens: int = 32
-    device: str | None = None
+    device: str | None = "auto"
     query_cache: Path | None = None
     split_ratio: float = 0.2
     max_repeats: int | None = None
@@ -157,9 +157,12 @@ class SynthConfig:
 
         return cache_dir() / "synth-queries"
 
-    def make_predictor(self):
+    def make_predictor(self, model=None):
+        """The query predictor; ``model``: the predictor model, already loaded."""
         from longforge.synth.queries import CausalLMPredictor, Seq2SeqPredictor
 
-        cls = CausalLMPredictor if self.query_source == "causal" else Seq2SeqPredictor
-        return cls(self.predictor, device=self.device, batch_size=self.batch_size,
-                   max_new_tokens=self.max_new_tokens, segment_tokens=self.segment_tokens)
+        kw = dict(device=self.device, batch_size=self.batch_size,
+                  max_new_tokens=self.max_new_tokens, segment_tokens=self.segment_tokens)
+        if self.query_source == "causal":
+            return CausalLMPredictor(self.predictor, model=model, **kw)
+        return Seq2SeqPredictor(self.predictor, **kw)

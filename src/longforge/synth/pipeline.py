@@ -13,7 +13,6 @@ Outputs under ``cfg.output``:
 """
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -26,6 +25,7 @@ from longforge.corpus import Manifest, ShardWriter, atomic_write_json
 from longforge.corpus.document import Skip
 from longforge.executor import make_executor
 from longforge.progress import progress, say
+from longforge.runs import RunFolder
 from longforge.synth import baselines
 from longforge.synth.config import SynthConfig, cached_tokenizer
 from longforge.synth.pack import Packer, Seq
@@ -42,33 +42,17 @@ SEQ_SCHEMA = pa.schema([
     ("sources", pa.list_(pa.string())), ("method", pa.string())])
 
 
-class ConfigMismatch(RuntimeError):
-    pass
-
-
 def _check_state(cfg: SynthConfig) -> None:
     """Refuse to reuse an output directory made with other settings (any of
     ``cfg.fingerprinted()``: the per-shard work, packing options, output format...), naming
-    what differs; a rerun with the same settings resumes."""
-    state = cfg.output / "state" / "config.json"
-    if state.exists():
-        old = json.loads(state.read_text())
-        if old.get("fingerprint") != cfg.fingerprint():
-            new, was = cfg.fingerprinted(), old.get("settings") or old.get("config") or {}
-            diff = [f"{k}: {was.get(k, '<unset>')!r} -> {new[k]!r}"
-                    for k in sorted(new) if was.get(k) != new[k]]
-            raise ConfigMismatch(
-                f"{cfg.output} holds a synth run with other settings "
-                f"({'; '.join(diff) or 'made by another longforge version'}); "
-                "use a new --output or delete that directory")
-    else:
-        atomic_write_json(state, {"fingerprint": cfg.fingerprint(), "settings": cfg.fingerprinted(),
-                                  "config": cfg.to_dict()})
+    what differs (:class:`longforge.runs.SettingsMismatch`); a rerun with the same settings
+    resumes."""
+    RunFolder(cfg.output, "synth", legacy=("state/config.json",)).pin(cfg.fingerprinted())
 
 
-def _prepare(cfg: SynthConfig) -> list[dict]:
+def _prepare(cfg: SynthConfig, model=None) -> list[dict]:
     ex = make_executor("local", cfg.workers, cfg.output / "state" / "prepare", desc="prepare")
-    return ex.run(PrepareTask(cfg), cfg.num_shards)
+    return ex.run(PrepareTask(cfg, model), cfg.num_shards)
 
 
 def _load_docs(cfg: SynthConfig) -> tuple[dict[str, list], np.ndarray]:
@@ -281,12 +265,22 @@ def _account(ids: list[str], used: set[str], dropped: dict[str, str], tail: list
                               f"dropped with a reason (first: {lost[:5]}); please report this")
 
 
-def run(cfg: SynthConfig) -> dict:
-    """Run (or resume) one synth job; return the manifest dict."""
+def run(cfg: SynthConfig, model=None) -> dict:
+    """Run (or resume) one synth job; return the manifest dict.
+
+    ``model``: the query predictor, already loaded (a ``LoadedModel`` of ``cfg.predictor``), to
+    use instead of loading it again; only with one worker (this process)."""
+    if model is not None and cfg.workers != 1:
+        raise ValueError("a loaded predictor can only be used in this process: --workers 1")
+    from longforge.models import check_spec
+
+    check_spec(cfg.tokenizer)  # before settings.json: a typo must not pin a run
+    if cfg.method == "quest" and cfg.query_source == "causal" and model is None:
+        check_spec(cfg.predictor)
     t0 = time.time()
     cfg.output.mkdir(parents=True, exist_ok=True)
     _check_state(cfg)
-    manifest, counts, run_counts, issues = _merge(_prepare(cfg))
+    manifest, counts, run_counts, issues = _merge(_prepare(cfg, model))
     t_prep = time.time()
     docs, perm = _load_docs(cfg)
     n_tokens = dict(zip(docs["id"], docs["n_tokens"]))
@@ -325,7 +319,7 @@ def run(cfg: SynthConfig) -> dict:
         "documents_by_source": dict(sorted(Counter(source.values()).items())),
     })
     out = manifest.to_dict()
-    atomic_write_json(cfg.output / "manifest.json", out)
+    RunFolder(cfg.output, "synth").write_manifest(out)
     atomic_write_json(cfg.output / "timings.json",
                       {"prepare_s": round(t_prep - t0, 2), "total_s": round(time.time() - t0, 2),
                        "documents": manifest.read, "query_cache": dict(sorted(run_counts.items()))})

@@ -96,13 +96,14 @@ def _user_queries(doc: Document, field: str) -> tuple[list[str] | None, str | No
 @dataclass
 class PrepareTask:
     cfg: SynthConfig
+    model: object = None  # the loaded predictor (LoadedModel), when the caller holds it
 
     def __call__(self, shard: int, num_shards: int) -> dict:
-        return _Prepare(self.cfg, shard, num_shards).run()
+        return _Prepare(self.cfg, shard, num_shards, self.model).run()
 
 
 class _Prepare:
-    def __init__(self, cfg: SynthConfig, shard: int, num_shards: int):
+    def __init__(self, cfg: SynthConfig, shard: int, num_shards: int, model=None):
         self.cfg, self.shard, self.num_shards = cfg, shard, num_shards
         self.tok = cached_tokenizer(cfg.tokenizer)
         self.manifest = Manifest()
@@ -114,7 +115,7 @@ class _Prepare:
         self.extractor = KeywordExtractor(cfg.min_score, cfg.min_chars, cfg.stop_keywords)
         self.echo = prompt_echo(cfg, self.extractor)
         if self.quest and cfg.query_source in ("causal", "seq2seq"):
-            self.predictor = cfg.make_predictor()
+            self.predictor = cfg.make_predictor(model)
             from longforge.synth.cache import QueryCache
 
             self.cache = QueryCache(cfg.query_cache_dir(), self.predictor.settings, shard)

@@ -72,10 +72,10 @@ class CausalLMPredictor:
     """Greedy few-shot query generation with any HF causal LM (batched, left padding)."""
 
     def __init__(self, model_spec: str = "gemma-3-270m", device=None, batch_size: int = 8,
-                 max_new_tokens: int = 32, segment_tokens: int = 256):
+                 max_new_tokens: int = 32, segment_tokens: int = 256, model=None):
         from longforge.models import load_model
 
-        lm = load_model(model_spec, device=device)
+        lm = model if model is not None else load_model(model_spec, device=device)
         self.model, self.tokenizer = lm.model, lm.tokenizer
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
