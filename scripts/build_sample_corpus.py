@@ -16,7 +16,7 @@ Usage (from the repository root; run with CPython 3.11.7 so the stdlib matches t
 shipped PROVENANCE.md)::
 
     python scripts/build_sample_corpus.py            # writes src/longforge/data/sample/
-    python scripts/build_sample_corpus.py --out-dir /tmp/x
+    python scripts/build_sample_corpus.py --out-dir out/sample-corpus
 
 Output: ``corpus.jsonl.gz`` (one JSON object per line:
 ``{"id", "text", "source", "meta": {"path", "license", ...}}``) and ``PROVENANCE.md``.
@@ -231,6 +231,12 @@ def dpkg_owners() -> dict[str, str]:
 EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "_bundled"}
 
 
+def stdlib_path(path: Path, stdlib: Path) -> str:
+    """A stdlib file as ``CPython-<version>/Lib/<relative path>``: where it sits in any CPython
+    source tree, not on the machine that built the corpus."""
+    return f"CPython-{platform.python_version()}/Lib/{Path(path).relative_to(stdlib).as_posix()}"
+
+
 def stdlib_modules(stdlib: Path) -> list[Path]:
     out = []
     for dirpath, dirnames, filenames in os.walk(stdlib):
@@ -263,7 +269,7 @@ def build_stdlib_code(stdlib: Path, modules: list[Path]) -> list[Doc]:
             continue  # skip generated charmap codec tables (encodings/cp*.py etc.)
         text = finish(text)
         if text:
-            docs.append(Doc(f"python-stdlib-code/{rel}", text, "python-stdlib-code", {"path": str(path), "license": PSF}))
+            docs.append(Doc(f"python-stdlib-code/{rel}", text, "python-stdlib-code", {"path": stdlib_path(path, stdlib), "license": PSF}))
     return docs
 
 
@@ -311,7 +317,7 @@ def build_stdlib_docstrings(stdlib: Path, modules: list[Path]) -> list[Doc]:
             parts.append(f"{level} {qual}\n\n{d.strip()}\n")
         body = finish("\n".join(parts))
         if body:
-            docs.append(Doc(f"python-docstrings/{modname}", body, "python-docstrings", {"path": str(path), "license": PSF}))
+            docs.append(Doc(f"python-docstrings/{modname}", body, "python-docstrings", {"path": stdlib_path(path, stdlib), "license": PSF}))
     return docs
 
 
@@ -333,7 +339,7 @@ def build_python_docs(stdlib: Path) -> list[Doc]:
                     f"python-docs/{key}",
                     text,
                     "python-docs",
-                    {"path": f"{path}#{key}", "license": PSF + "; from the Python documentation (pydoc topics)"},
+                    {"path": f"{stdlib_path(path, stdlib)}#{key}", "license": PSF + "; from the Python documentation (pydoc topics)"},
                 )
             )
     return docs
@@ -357,7 +363,7 @@ def build_licenses(stdlib: Path, owners: dict[str, str]) -> list[Doc]:
     if py_license.is_file():
         text = finish(read_text(py_license))
         if text:
-            docs.append(Doc("licenses/cpython/LICENSE.txt", text, "licenses", {"path": str(py_license), "license": VERBATIM}))
+            docs.append(Doc("licenses/cpython/LICENSE.txt", text, "licenses", {"path": stdlib_path(py_license, stdlib), "license": VERBATIM}))
     # LICENSE / COPYING files shipped inside installed Debian packages (dpkg-owned only)
     for p in sorted(owners):
         path = Path(p)
@@ -703,7 +709,7 @@ def write_provenance(out_dir: Path, docs: list[Doc], dup_dropped: int, stdlib: P
         tmax=tmax,
         n_long=sum(len(d.text) > 8000 for d in docs),
         python=v["python"],
-        stdlib=stdlib,
+        stdlib=f"CPython-{v['python']}/Lib",
         changelog_chars=CHANGELOG_MAX_CHARS,
         man_budget=int(MAX_PER_DOMAIN * 1.1),
     )
@@ -753,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     write_gz(out, [d.to_json() for d in final])
     rel_out = os.path.relpath(args.out_dir, REPO_ROOT) if args.out_dir.resolve().is_relative_to(REPO_ROOT) else str(args.out_dir)
     command = "python scripts/build_sample_corpus.py" + ("" if args.out_dir == DEFAULT_OUT else f" --out-dir {rel_out}")
-    write_provenance(args.out_dir, final, dup_dropped, stdlib, f"# CPython {platform.python_version()} ({sys.executable})\n{command}")
+    write_provenance(args.out_dir, final, dup_dropped, stdlib, f"# CPython {platform.python_version()}\n{command}")
 
     log(f"wrote {out} ({out.stat().st_size:,} bytes, {len(final)} documents, {dup_dropped} duplicates dropped)")
     for dom in DOMAINS:

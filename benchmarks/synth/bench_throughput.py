@@ -7,7 +7,7 @@
 * query prediction: queries/s of the bundled Gemma 3 270M (few-shot, 256-token segments,
   greedy, 32 new tokens at most) at batch 8; baseline in the same run: batch 1.
 
-    flock /tmp/longforge-heavy.lock python benchmarks/synth/bench_throughput.py --out benchmarks/results/synth_throughput.json
+    python benchmarks/synth/bench_throughput.py --out benchmarks/results/synth_throughput.json
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from longforge.corpus import atomic_write_json, read_documents
-from longforge.demo import sample_corpus_path
+from longforge.data import sample_corpus_path
 from longforge.models import load_tokenizer
 from longforge.synth.config import SynthConfig
 from longforge.synth.pipeline import run
@@ -75,7 +75,7 @@ def main():
            "keywords_index_vs_read_tokenize": (n2 / t_kw) / (n / t_base),
            "predict_queries_per_s_batch1": q1, "predict_queries_per_s_batch8": q8,
            "predict_batch8_vs_batch1": q8 / q1, "segments": len(segs),
-           "command": "flock /tmp/longforge-heavy.lock python benchmarks/synth/bench_throughput.py"}
+           "command": "python benchmarks/synth/bench_throughput.py"}
     atomic_write_json(args.out, res)
     print(json.dumps(res, indent=2))
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # The committed synth reports: all methods on the same documented subset, then analyze.
-# Run from the repository root under the heavy-job lock:
-#   flock /tmp/longforge-heavy.lock sh benchmarks/synth/make_report.sh
+# Run from the repository root, alone on the machine:
+#   sh benchmarks/synth/make_report.sh
 # makes reports/synth (420 documents, 60 per domain). Quest runs with Gemma-predicted queries
 # (the method; one-segment queries, cached per segment and resumable) and with the explicit
 # `document` ablation (keywords from the text itself), each twice: with the default
@@ -9,7 +9,7 @@
 # (quest-<source>-pad: one keyword per sequence, at the cost of padding; the second run reuses
 # the cached queries). The whole sample corpus (reports/synth-full; about an hour of Gemma queries):
 #   PER_SOURCE=100000 OUT=out/synth-full REPORT=reports/synth-full \
-#     flock /tmp/longforge-heavy.lock sh benchmarks/synth/make_report.sh
+#     sh benchmarks/synth/make_report.sh
 # An output folder made with other settings (or by an older longforge) is refused: delete $OUT.
 set -e
 [ -x .venv/bin/longforge ] && PATH="$PWD/.venv/bin:$PATH"

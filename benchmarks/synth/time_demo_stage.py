@@ -1,5 +1,5 @@
 """Time the synth demo stage alone (bundled Gemma, 2 CPU cores):
-    flock /tmp/longforge-heavy.lock python benchmarks/synth/time_demo_stage.py out/demo-synth
+    python benchmarks/synth/time_demo_stage.py out/demo-synth
 """
 import shutil
 import sys

@@ -1,4 +1,4 @@
-"""The LDS formulas, chunking and sampling (SPEC.md section 2), checked by hand."""
+"""The LDS formulas, chunking and sampling (docs/prolong.md), checked by hand."""
 import math
 
 import numpy as np

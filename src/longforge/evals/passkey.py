@@ -1,4 +1,4 @@
-"""Passkey retrieval (Landmark Attention / Quest template, SPEC.md section 3)."""
+"""Passkey retrieval (the Landmark Attention / Quest template; docs/sparse.md)."""
 from __future__ import annotations
 
 import random

@@ -1,4 +1,4 @@
-"""ProLong's Long Dependency Score from perplexities (SPEC.md section 2), plus the seeded
+"""ProLong's Long Dependency Score from perplexities (arXiv 2405.17915; docs/prolong.md), plus the seeded
 chunk and pair sampling. Pure numpy: no model in here.
 
 Given chunk perplexities ``single_ppl[i]`` (chunk i alone) and pair perplexities
@@ -45,7 +45,7 @@ def sample_pairs(n_chunks: int, max_pairs: int, rng: np.random.Generator):
     """``(i, j)`` index arrays of the pairs to score, j < i, sorted by (i, j).
 
     All pairs when there are at most ``max_pairs`` of them (the authors' code scores none in
-    that case: a bug, see SPEC.md), else a random sample of ``max_pairs`` without replacement.
+    that case: a bug, see docs/prolong.md), else a random sample of ``max_pairs`` without replacement.
     """
     i, j = np.tril_indices(n_chunks, k=-1)  # row-major: sorted by i, then j
     if len(i) > max_pairs:

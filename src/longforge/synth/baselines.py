@@ -141,7 +141,7 @@ def _iclm_merge_small(clusters: list[list[int]], neighbours: np.ndarray, min_clu
 def iclm_groups(ids: Sequence[str], emb: np.ndarray, neighbours: np.ndarray, seed: int,
                 walk_k: int = 10, max_cluster: int = 21, min_cluster: int = 3,
                 dup_threshold: float = 0.95):
-    """In-context pretraining ordering (Shi et al. 2023), as SPEC.md describes it."""
+    """In-context pretraining ordering (Shi et al. 2023), as docs/synth.md describes it."""
     order = list(range(len(ids)))
     random.Random(seed).shuffle(order)
     clusters = _iclm_merge_small(_iclm_walk(neighbours, order, walk_k, max_cluster),
