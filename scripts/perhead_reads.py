@@ -16,7 +16,7 @@ import torch
 from longforge.evals import niah
 from longforge.evals.runner import Method, _seed, run_sample
 from longforge.models import load_model
-from longforge.sparse import cpu, ops, policies
+from longforge.sparse.backends import get_backend
 from longforge.sparse.hf import sparse_attention
 from longforge.sparse.policies import Dense
 
@@ -31,16 +31,15 @@ def main() -> None:
     lm = load_model("gemma-3-270m")
     ratios = []
 
-    def counting(q, store, budget, *rest):
-        K = store.budget_pages(budget)
-        if K is not None:  # a sparse step
-            crit = ops.criticality(q, store.meta, store.n_pages)  # [B, H_kv, G, n]
-            pages = cpu.top_pages(crit, K).flatten(2)  # each head's K pages: [B, H_kv, G*K]
-            for row in pages.flatten(0, 1):
-                ratios.append(len(set(row.tolist())) / K)
-        return ops.quest_decode_per_head(q, store, budget, *rest)
+    backend = get_backend()  # the instance the policy's sparse steps use (one per process)
+    own_pages = backend.attend_head_pages
 
-    policies.quest_decode_per_head = counting  # the policy looks the function up at call time
+    def counting(q, store, top, *rest):  # top: each head's K pages [B, H_kv, G, K]
+        for row in top.flatten(2).flatten(0, 1):
+            ratios.append(len(set(row.tolist())) / top.shape[-1])
+        return own_pages(q, store, top, *rest)
+
+    backend.attend_head_pages = counting
     method = Method("quest-head", a.budget)
     with sparse_attention(lm.model, Dense()):
         for L in map(int, a.lengths.split(",")):

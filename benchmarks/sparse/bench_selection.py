@@ -1,6 +1,6 @@
 """What the GQA page-selection choices cost per decode step on this CPU, same run.
 
-    flock /tmp/longforge-heavy.lock python benchmarks/sparse/bench_selection.py \
+    python benchmarks/sparse/bench_selection.py \
         --out benchmarks/results/selection_cpu
 
 One Quest decode step (fp32, batch 1, cold cache as in ``longforge bench attention``) with the
@@ -21,7 +21,7 @@ import torch
 from longforge.bench import common
 from longforge.bench.attention import filled_store, parse_shape
 from longforge.corpus import atomic_write_json, atomic_write_text
-from longforge.sparse import cpu, ops
+from longforge.sparse.backends import get_backend
 
 
 def main() -> None:
@@ -37,28 +37,28 @@ def main() -> None:
     dev = torch.device("cpu")
     flush = common.Flusher(256 * 2**20, dev)
     rows = []
-    with cpu.kernel("c"):
-        for shape in map(parse_shape, a.shapes.split(",")):
-            for L, page in itertools.product(map(int, a.contexts.split(",")),
-                                             map(int, a.page_sizes.split(","))):
-                store = filled_store(shape, L, page, dev, torch.float32)
-                q = torch.randn(1, shape.heads_q, shape.head_dim)
-                s = shape.head_dim ** -0.5
-                fns = {"dense": lambda: cpu.dense_decode(q, store, s),
-                       "max": lambda: ops.quest_decode(q, store, a.budget, s),
-                       "rank": lambda: ops.quest_decode(q, store, a.budget, s, combine="rank"),
-                       "head": lambda: ops.quest_decode_per_head(q, store, a.budget, s)}
-                times = {n: [] for n in fns}
-                for r in range(a.rounds + 1):
-                    for n in common.rotated(list(fns), r):
-                        flush()
-                        t = common.timed(fns[n], dev)
-                        if r:  # round 0 warms up
-                            times[n].append(t)
-                ms = {n: common.median_ms(t) for n, t in times.items()}
-                rows.append({"shape": shape.label, "context": L, "budget": a.budget,
-                             "page_size": page, "ms": ms,
-                             "speedup": {n: ms["dense"] / ms[n] for n in ("max", "rank", "head")}})
+    be = get_backend("c")
+    for shape in map(parse_shape, a.shapes.split(",")):
+        for L, page in itertools.product(map(int, a.contexts.split(",")),
+                                         map(int, a.page_sizes.split(","))):
+            store = filled_store(shape, L, page, dev, torch.float32)
+            q = torch.randn(1, shape.heads_q, shape.head_dim)
+            s = shape.head_dim ** -0.5
+            fns = {"dense": lambda: be.dense(q, store, s),
+                   "max": lambda: be.quest(q, store, a.budget, s),
+                   "rank": lambda: be.quest(q, store, a.budget, s, selection="rank"),
+                   "head": lambda: be.quest(q, store, a.budget, s, selection="head")}
+            times = {n: [] for n in fns}
+            for r in range(a.rounds + 1):
+                for n in common.rotated(list(fns), r):
+                    flush()
+                    t = common.timed(fns[n], dev)
+                    if r:  # round 0 warms up
+                        times[n].append(t)
+            ms = {n: common.median_ms(t) for n, t in times.items()}
+            rows.append({"shape": shape.label, "context": L, "budget": a.budget,
+                         "page_size": page, "ms": ms,
+                         "speedup": {n: ms["dense"] / ms[n] for n in ("max", "rank", "head")}})
     lines = ["# Quest page selection on CPU: max over heads vs heads in turn vs per head", "",
              f"Command: `python {' '.join(sys.argv)}`", "",
              f"C kernel; fp32, batch 1, budget "

@@ -32,7 +32,7 @@ def test_decode_bench_writes_json_and_markdown(tmp_path):
     res = CliRunner().invoke(app, [
         "decode", "--contexts", "512", "--llama", "tiny", "--gemma", "tiny-gemma3",
         "--gemma-contexts", "256", "--steps", "2", "--warmup", "1", "--budget", "64",
-        "--stream-mb", "8", "--kernel", "c", "--out", str(tmp_path)])
+        "--stream-mb", "8", "--kernel", "c", "-o", str(tmp_path)])
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "results.json").read_text())
     assert [r["part"] for r in data["rows"]] == ["synthetic cache", "real prefill"]

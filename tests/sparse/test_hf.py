@@ -6,8 +6,9 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import longforge
 from longforge.models import cache_kw, tiny_model
-from longforge.sparse import hf, policies
-from longforge.sparse.hf import ATTN_NAME, PagedLayer, QuestCache, SparseCache
+from longforge.sparse import policies
+from longforge.sparse.hf import ATTN_NAME, PagedLayer, SparseCache
+from longforge.sparse.policies import QuestCache
 
 ARCHS = ["tiny-gemma3", "tiny-llama", "tiny-qwen2"]
 GEN = dict(do_sample=False, output_logits=True, return_dict_in_generate=True)
@@ -68,19 +69,23 @@ def test_softcap_is_honoured():
 
 
 def _spy(monkeypatch):
+    """Record the decode steps the policies ask their backend for."""
     calls = []
-    real_q, real_d = policies.quest_decode, policies.dense_decode
+    real = policies.get_backend
 
-    def q(qv, store, budget, *a, **k):
-        calls.append(("quest", store.length, budget))
-        return real_q(qv, store, budget, *a, **k)
+    class Spy:
+        def __init__(self, backend):
+            self.backend = backend
 
-    def d(qv, store, *a, **k):
-        calls.append(("dense", store.length, None))
-        return real_d(qv, store, *a, **k)
+        def quest(self, qv, store, budget, *a, **k):
+            calls.append(("quest", store.length, budget))
+            return self.backend.quest(qv, store, budget, *a, **k)
 
-    monkeypatch.setattr(policies, "quest_decode", q)
-    monkeypatch.setattr(policies, "dense_decode", d)
+        def dense(self, qv, store, *a, **k):
+            calls.append(("dense", store.length, None))
+            return self.backend.dense(qv, store, *a, **k)
+
+    monkeypatch.setattr(policies, "get_backend", lambda *a, **k: Spy(real(*a, **k)))
     return calls
 
 

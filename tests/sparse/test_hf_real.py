@@ -17,7 +17,7 @@ def test_gemma_full_budget_equals_stock_beyond_the_sliding_window(gemma):
     with longforge.quest(m, token_budget=4096, dense_layers=0):
         out = m.generate(input_ids=x, **kw)
     diff = max((a - b).abs().max().item() for a, b in zip(ref.logits, out.logits))
-    assert diff < 1e-3  # the SPEC pitfall (window lost without the mask function) gave ~13
+    assert diff < 1e-3  # the pitfall (window lost without the mask function) gave ~13
 
 
 def test_gemma_passkey_dense_and_quest(gemma):

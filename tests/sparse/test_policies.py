@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from longforge.models import cache_kw, tiny_model
-from longforge.sparse import hf
+from longforge.sparse import hf, policies
 from longforge.sparse.hf import PagedLayer, _accumulate_scores
 from longforge.sparse.policies import H2O, StreamingLLM, make_policy
 
@@ -81,7 +81,7 @@ def test_policies_share_one_prefill_and_differ_only_in_decode():
 
     m = tiny_model("tiny-llama")
     ids = torch.randint(0, 512, (1, 60), generator=torch.Generator().manual_seed(1))
-    with hf.dense(m), torch.no_grad():
+    with policies.dense(m), torch.no_grad():
         base = hf.SparseCache(m, max_len=64, page_size=4, track_scores=True)
         m.base_model(input_ids=ids[:, :-1], **cache_kw(m, base))
         outs = {}
@@ -127,3 +127,101 @@ def test_auto_keeps_tiny_gemma3s_first_global_layer_dense(monkeypatch):
         m(input_ids=ids, **cache_kw(m, cache), use_cache=True)
         m(input_ids=ids[:, -1:], **cache_kw(m, cache), use_cache=True)
     assert seen == [cache.layers[5]]
+
+
+# ---------------------------------------------------------------- TOVA and SnapKV
+def _filled(length, hkv=2, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    layer = PagedLayer(max_len=length + 8, page_size=4)
+    k, v = torch.randn(1, hkv, length, d, generator=g), torch.randn(1, hkv, length, d, generator=g)
+    layer.update(k, v)
+    return layer, k, v
+
+
+def test_tova_keeps_the_budget_by_mean_attention_and_evictions_are_permanent():
+    from longforge.sparse.policies import TOVA
+
+    layer, k, v = _filled(20)
+    q = torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(1))
+    p = TOVA(token_budget=6, dense_layers=0)
+    out = p.decode(0, layer, q, None, 0.5, None)
+    probs = torch.softmax(q.view(1, 2, 2, 8) @ k.transpose(-1, -2) * 0.5, -1)  # [1, 2, 2, 20]
+    want = (probs @ v).reshape(1, 4, 8)
+    assert torch.allclose(out, want, atol=1e-5)  # this step attended every token, then evicted
+    kept = layer.state["tova_kept"][0]
+    assert kept.sum() == 6
+    assert set(kept.nonzero().flatten().tolist()) == set(probs.mean((1, 2))[0].topk(6).indices.tolist())
+    evicted = (~kept).nonzero().flatten().tolist()
+    layer.update(torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8))  # a new token
+    p.decode(0, layer, q, None, 0.5, None)
+    kept2 = layer.state["tova_kept"][0]
+    assert kept2.sum() == 6 and not kept2[evicted].any()  # evicted tokens never return
+
+
+def test_tova_within_budget_is_dense():
+    from longforge.sparse.policies import TOVA
+
+    layer, k, v = _filled(10)
+    q = torch.randn(1, 4, 8)
+    got = TOVA(token_budget=16, dense_layers=0).decode(0, layer, q, None, 0.5, None)
+    want = torch.softmax(q.view(1, 2, 2, 8) @ k.transpose(-1, -2) * 0.5, -1) @ v
+    assert torch.allclose(got, want.reshape(1, 4, 8), atol=1e-5)
+
+
+def test_snapkv_keeps_the_window_and_the_pooled_top_of_earlier_tokens():
+    from longforge.sparse.policies import SnapKV
+
+    g = torch.Generator().manual_seed(2)
+    L, w, budget = 40, 8, 20
+    q, k = torch.randn(1, 4, L, 8, generator=g), torch.randn(1, 2, L, 8, generator=g)
+    layer = PagedLayer(max_len=L + 4, page_size=4)
+    layer.update(k, torch.randn(1, 2, L, 8, generator=g))
+    p = SnapKV(token_budget=budget, window=w, kernel=5, dense_layers=0)
+    p.prefill(0, layer, q, k, None, 0.5, None)
+    kept = layer.state["snapkv_kept"][0]  # [H_kv, L]
+    assert kept.sum(-1).tolist() == [budget, budget] and kept[:, L - w:].all()
+    # by hand: window queries' attention (causal), summed over the window and the group's heads
+    s = (q[0, :, L - w:] @ k[0].repeat_interleave(2, 0).transpose(-1, -2)) * 0.5  # [4, w, L]
+    causal = torch.arange(L) <= torch.arange(L - w, L)[:, None]
+    votes = torch.softmax(s.masked_fill(~causal, float("-inf")), -1).view(2, 2, w, L).sum((1, 2))
+    pooled = torch.nn.functional.avg_pool1d(votes[None, :, : L - w], 5, 1, 2,
+                                            count_include_pad=False)[0]
+    for h in range(2):
+        assert set(kept[h, : L - w].nonzero().flatten().tolist()) == set(
+            pooled[h].topk(budget - w).indices.tolist())
+    layer.update(torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8))  # generated after prefill: kept
+    qd = torch.randn(1, 4, 8)
+    out = p.decode(0, layer, qd, None, 0.5, None)
+    keys, vals = layer.store.keys()[0], layer.store.values()[0]
+    for h in range(4):
+        idx = [*kept[h // 2].nonzero().flatten().tolist(), L]
+        want = torch.softmax(keys[h // 2, idx] @ qd[0, h] * 0.5, -1) @ vals[h // 2, idx]
+        assert torch.allclose(out[0, h], want, atol=1e-5)
+
+
+def test_snapkv_without_a_prefill_says_when_it_compresses():
+    from longforge.sparse.policies import SnapKV
+
+    layer, _, _ = _filled(20)
+    with pytest.raises(RuntimeError, match="end of prefill"):
+        SnapKV(token_budget=8, dense_layers=0).decode(0, layer, torch.randn(1, 4, 8), None, 1.0, None)
+
+
+@pytest.mark.parametrize("name", ["tova", "snapkv", "quest", "streaming", "h2o"])
+def test_every_policy_is_a_context_manager_that_generates(name):
+    """Press style: ``with policy(model): model.generate(...)``; over budget it changes the
+    output of some step, within budget it equals dense."""
+    m = tiny_model("tiny-qwen2")
+    ids = torch.randint(0, 512, (1, 70), generator=torch.Generator().manual_seed(4))
+    with make_policy("dense")(m):
+        dense = m.generate(ids, max_new_tokens=4, do_sample=False, output_logits=True,
+                           return_dict_in_generate=True)
+    with make_policy(name, 4096, page_size=4, dense_layers=0)(m):
+        same = m.generate(ids, max_new_tokens=4, do_sample=False, output_logits=True,
+                          return_dict_in_generate=True)
+    with make_policy(name, 16, page_size=4, dense_layers=0)(m):
+        small = m.generate(ids, max_new_tokens=4, do_sample=False, output_logits=True,
+                           return_dict_in_generate=True)
+    diff = lambda a, b: max(float((x - y).abs().max()) for x, y in zip(a.logits, b.logits))  # noqa: E731
+    assert diff(dense, same) < 1e-4
+    assert diff(dense, small) > 1e-4

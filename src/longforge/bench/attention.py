@@ -5,9 +5,9 @@ keys and values (``k.normal_()``, ``v.normal_()``, then ``store.set_length(L)``)
 timed, interleaved in a rotating order, each call starting with a cold last-level cache:
 
 * ``dense_sdpa`` -- ``scaled_dot_product_attention`` over the cache (the stock kernel);
-* ``dense_matmul`` -- ``ops.dense_decode`` (matmul-softmax-matmul on the CPU);
-* ``quest_<kernel>@<budget>`` -- ``ops.quest_decode`` (CPU: kernel ``torch`` and/or ``c``;
-  CUDA: the Triton kernels).
+* ``dense_matmul`` -- the ``torch`` backend's dense step (matmul-softmax-matmul on the CPU);
+* ``quest_<backend>@<budget>`` -- a backend's Quest step (CPU: ``torch`` and/or ``c``;
+  CUDA: ``triton``; :mod:`longforge.sparse.backends`).
 
 The limit of a method is the bytes it must read (dense: all K and V; Quest: the page metadata
 plus ``budget`` tokens of K and V per KV head) over the streaming-read bandwidth, measured as one
@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
 from longforge.bench import common
-from longforge.progress import progress, say
-from longforge.sparse import cpu, cpu_kernel, ops
+from longforge.progress import progress
+from longforge.sparse.backends import get_backend
 from longforge.sparse.store import PagedKV
 
 FILL_NOTE = ("Caches are filled in place with synthetic keys and values (k.normal_(), "
@@ -103,21 +102,35 @@ def quest_bytes(shape: Shape, length: int, budget: int, page_size: int, esize: i
 def quest_kernels(device: torch.device, kernels: list[str]) -> list[str]:
     """The Quest implementations to time: Triton on CUDA, the chosen CPU kernels otherwise."""
     if device.type == "cuda":
-        if ops._triton() is None:  # ops.quest_decode would time the PyTorch reference instead
-            raise ValueError("the Triton kernels do not import on this machine; nothing to time")
+        try:
+            get_backend("triton", device)
+        except Exception as exc:  # the reference would be timed instead
+            raise ValueError(f"the Triton kernels do not import on this machine ({exc}); "
+                             "nothing to time") from None
         return ["triton"]
     for k in kernels:
-        if k not in cpu.IMPLEMENTATIONS:
-            raise ValueError(f"unknown CPU kernel {k!r}; choose from {cpu.IMPLEMENTATIONS}")
-        if k == "c":
-            cpu_kernel.library()  # builds it now (a clear error if it cannot be built)
+        if k not in CPU_KERNELS:
+            raise ValueError(f"unknown CPU kernel {k!r}; choose from {CPU_KERNELS}")
+        get_backend(k)  # builds the C kernel now (a clear error if it cannot be built)
     return list(kernels)
+
+
+CPU_KERNELS = ("torch", "c")
+
+
+def dense_sdpa(q: torch.Tensor, store: PagedKV, scale: float) -> torch.Tensor:
+    """Dense decode step with ``scaled_dot_product_attention`` (the stock kernel, for comparison)."""
+    b, hq, d = q.shape
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q[:, :, None], store.keys(), store.values(), scale=scale, enable_gqa=True)
+    return out.reshape(b, hq, d)
 
 
 def methods(store: PagedKV, shape: Shape, budgets: list[int], kernels: list[str]) -> dict:
     scale = shape.head_dim ** -0.5
-    fns = {"dense_sdpa": lambda q: cpu.dense_sdpa(q, store, scale),
-           "dense_matmul": lambda q: ops.dense_decode(q, store, scale)}
+    dense = get_backend("torch" if store.k.device.type == "cpu" else None, store.k.device)
+    fns = {"dense_sdpa": lambda q: dense_sdpa(q, store, scale),
+           "dense_matmul": lambda q: dense.dense(q, store, scale)}
     for kern in kernels:
         for b in budgets:
             fns[f"quest_{kern}@{b}"] = _quest(store, b, scale, kern)
@@ -125,13 +138,8 @@ def methods(store: PagedKV, shape: Shape, budgets: list[int], kernels: list[str]
 
 
 def _quest(store, budget, scale, kern):
-    if kern == "triton":
-        return lambda q: ops.quest_decode(q, store, budget, scale)
-
-    def run(q):
-        with cpu.kernel(kern):
-            return ops.quest_decode(q, store, budget, scale)
-    return run
+    backend = get_backend(kern, store.k.device)
+    return lambda q: backend.quest(q, store, budget, scale)
 
 
 def time_interleaved(fns: dict, queries: list, warmup: int, repeats: int, flush,

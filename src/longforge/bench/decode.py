@@ -10,7 +10,7 @@
 
 Both parts also time the same model over a one-page cache ("no context": weights, matmuls and
 framework overhead), so the attention's share of a step is the difference. Dense decode is the
-``Dense`` policy of the same harness -- ``ops.dense_decode`` over the preallocated cache, the
+``Dense`` policy of the same harness -- the backend's dense step over the preallocated cache, the
 faster dense path of ``longforge bench attention`` -- not a cache that grows by concatenation.
 """
 from __future__ import annotations
@@ -24,9 +24,11 @@ from longforge.bench import common
 from longforge.bench.attention import Shape, dense_bytes, quest_bytes
 from longforge.models import cache_kw
 from longforge.progress import progress, say
-from longforge.sparse import cpu
 from longforge.sparse.hf import PagedLayer, SparseCache, sparse_attention
+from longforge.sparse.backends import get_backend
 from longforge.sparse.policies import Dense, Quest
+
+CPU_KERNELS = ("torch", "c")
 
 FILL_NOTE = ("Part (a): the KV cache is filled in place with synthetic keys and values "
              "(k.normal_(), v.normal_(), then store.set_length(L)) -- no prefill ran (128K "
@@ -37,8 +39,8 @@ FILL_NOTE = ("Part (a): the KV cache is filled in place with synthetic keys and 
 class Settings:
     contexts: list[int] = field(default_factory=lambda: [32768, 131072])
     llama: str = "tinyllama"
-    gemma: str = "gemma-3-270m"
-    gemma_contexts: list[int] = field(default_factory=lambda: [8192, 16384])
+    model: str = "gemma-3-270m"
+    model_contexts: list[int] = field(default_factory=lambda: [8192, 16384])
     steps: int = 24
     warmup: int = 2
     budget: int = 2048
@@ -53,13 +55,12 @@ class Settings:
         return common.command_line("decode", self)
 
     def policies(self) -> dict:
-        """``name: (policy, CPU kernel)``; with the C kernel, Quest on the default PyTorch path
+        """``name: policy`` (with its backend); with the C kernel, Quest on the PyTorch backend
         is timed too (``quest_torch``)."""
-        quest = Quest(self.budget, self.page_size, self.dense_layers)
-        out = {"dense": (Dense(page_size=self.page_size), self.kernel),
-               "quest": (quest, self.kernel)}
+        out = {"dense": Dense(page_size=self.page_size, backend=self.kernel),
+               "quest": Quest(self.budget, self.page_size, self.dense_layers, self.kernel)}
         if self.kernel != "torch":
-            out["quest_torch"] = (quest, "torch")
+            out["quest_torch"] = Quest(self.budget, self.page_size, self.dense_layers, "torch")
         return out
 
 
@@ -143,7 +144,7 @@ def step(model, cache, token: torch.Tensor) -> torch.Tensor:
 
 def time_steps(model, runs: dict, steps: int, warmup: int,
                stream: common.Stream) -> dict[str, list[float]]:
-    """``runs[name] = (cache, (policy, kernel), token)``: one step of each in turn, the order
+    """``runs[name] = (cache, policy, token)``: one step of each in turn, the order
     rotating every round; ``stream`` (the read bandwidth) is timed in the rotation too."""
     names = [*runs, "stream"]
     toks = {n: runs[n][2] for n in runs}
@@ -151,10 +152,9 @@ def time_steps(model, runs: dict, steps: int, warmup: int,
     def one(n):
         if n == "stream":
             return stream()
-        cache, (policy, kernel), _ = runs[n]
+        cache, policy, _ = runs[n]
         cache.policy = policy
-        with cpu.kernel(kernel):
-            toks[n] = step(model, cache, toks[n])
+        toks[n] = step(model, cache, toks[n])
 
     for _ in range(warmup):
         for n in names:
@@ -201,7 +201,7 @@ def llama_part(s: Settings, stream: common.Stream) -> list[dict]:
         floor = synthetic_cache(model, s.page_size, extra, s.page_size)
         for L in progress(s.contexts, desc=f"decode {s.llama}", unit="context"):
             cache = synthetic_cache(model, L, extra, s.page_size)
-            kv = {n: kv_bytes(cache, pol[n][0], s.page_size) for n in ("dense", "quest")}
+            kv = {n: kv_bytes(cache, pol[n], s.page_size) for n in ("dense", "quest")}
             runs = {n: (cache, p, token) for n, p in pol.items()}
             runs["no_context"] = (floor, pol["dense"], token)
             times = time_steps(model, runs, s.steps, s.warmup, stream)
@@ -227,12 +227,12 @@ def prefill(model, ids: torch.Tensor, extra: int, page_size: int):
     return cache, step(model, cache, ids)
 
 
-def gemma_part(s: Settings, stream: common.Stream) -> list[dict]:
+def real_model_part(s: Settings, stream: common.Stream) -> list[dict]:
     import time
 
     from longforge.models import load_model
 
-    lm = load_model(s.gemma, device="cpu", dtype="fp32")
+    lm = load_model(s.model, device="cpu", dtype="fp32")
     model, vocab = lm.model, lm.model.config.get_text_config().vocab_size
     weights = weight_bytes(model)
     pol = s.policies()
@@ -241,16 +241,16 @@ def gemma_part(s: Settings, stream: common.Stream) -> list[dict]:
     with sparse_attention(model, Dense()):
         floor, ftok = prefill(model, prompt_ids(lm.tokenizer, s.page_size, vocab, s.seed), extra,
                               s.page_size)
-        for L in progress(s.gemma_contexts, desc=f"decode {s.gemma}", unit="context"):
+        for L in progress(s.model_contexts, desc=f"decode {s.model}", unit="context"):
             ids = prompt_ids(lm.tokenizer, L, vocab, s.seed)
             t0 = time.perf_counter()
             base, tok = prefill(model, ids, extra, s.page_size)
             prefill_s = time.perf_counter() - t0
-            kv = {n: kv_bytes(base, pol[n][0], s.page_size) for n in ("dense", "quest")}
+            kv = {n: kv_bytes(base, pol[n], s.page_size) for n in ("dense", "quest")}
             runs = {n: (copy.deepcopy(base), p, tok) for n, p in pol.items()}
             runs["no_context"] = (copy.deepcopy(floor), pol["dense"], ftok)
             times = time_steps(model, runs, s.steps, s.warmup, stream)
-            rows.append(summarize(s.gemma, "real prefill", ids.shape[1], times, weights, kv,
+            rows.append(summarize(s.model, "real prefill", ids.shape[1], times, weights, kv,
                                   stream, {"fill": "real prefill", "prefill_s": prefill_s}))
             say(_line(rows[-1]))
             del base, runs
@@ -264,17 +264,17 @@ def _line(r: dict) -> str:
 
 def run(s: Settings) -> dict:
     """Both parts; returns ``{"meta": ..., "rows": [...]}`` (nothing written)."""
-    if s.kernel not in cpu.IMPLEMENTATIONS:
-        raise ValueError(f"unknown CPU kernel {s.kernel!r}; choose one of {cpu.IMPLEMENTATIONS}")
+    if s.kernel not in CPU_KERNELS:
+        raise ValueError(f"unknown CPU kernel {s.kernel!r}; choose one of {CPU_KERNELS}")
+    get_backend(s.kernel)  # builds the C kernel now (a clear error if it cannot be built)
     torch.manual_seed(s.seed)
     device = torch.device("cpu")
     env = common.environment(device)
     load_start = common.load_average()
     stream = common.Stream(s.stream_mb * 2**20, device)
-    with cpu.kernel(s.kernel):
-        rows = llama_part(s, stream) if s.contexts else []
-        if s.gemma != "none" and s.gemma_contexts:
-            rows += gemma_part(s, stream)
+    rows = llama_part(s, stream) if s.contexts else []
+    if s.model != "none" and s.model_contexts:
+        rows += real_model_part(s, stream)
     meta = {**env, "command": s.command(), "settings": asdict(s),
             "load_average_start": load_start, "load_average_end": common.load_average(),
             "fill": FILL_NOTE,

@@ -16,7 +16,9 @@ import torch
 from longforge.bench import common
 from longforge.bench.attention import FILL_NOTE, filled_store, parse_shape
 from longforge.progress import progress
-from longforge.sparse import cpu, cpu_kernel
+from longforge.sparse.attention import attend
+from longforge.sparse.backends import c_cpu, get_backend
+from longforge.sparse.selection import grouped, split_signs, top_pages
 
 
 @dataclass
@@ -48,31 +50,30 @@ def _stamps(fns) -> list[float]:
 
 
 def torch_stages(q, store, budget_pages, scale):
-    """The PyTorch step of ``cpu.quest_decode`` (no mask, full last page), stage by stage."""
-    b, hq, d = q.shape
-    hkv, P = store.k.shape[1], store.page_size
+    """The ``torch`` backend's Quest step (no mask, full last page), stage by stage."""
+    be, P, hkv = get_backend("torch"), store.page_size, store.k.shape[1]
     return [
-        ("criticality", lambda _: cpu.page_scores(q, store)),
-        ("top-K", lambda s: cpu.top_pages(s, budget_pages)),
-        ("gather K+V", lambda p: (cpu.gather(store.k, p, P, "k"), cpu.gather(store.v, p, P, "v"))),
-        ("attention", lambda kv: cpu.attend(q.view(b, hkv, hq // hkv, d), *kv, None, scale, None)),
+        ("criticality", lambda _: be.group_scores(q, store)),
+        ("top-K", lambda s: top_pages(s, budget_pages)),
+        ("gather K+V", lambda p: (be.gather(store.k, p, P, "k"), be.gather(store.v, p, P, "v"))),
+        ("attention", lambda kv: attend(grouped(q, hkv), *kv, None, scale, None,
+                                        keys_first=True)),
     ]
 
 
 def c_stages(q, store, budget_pages, scale):
-    """The C-kernel step of ``cpu._quest_decode_c`` (no mask, no softcap), stage by stage."""
-    b, hq, d = q.shape
-    hkv, P = store.k.shape[1], store.page_size
-    qg = q.reshape(b, hkv, hq // hkv, d).contiguous()
+    """The ``c`` backend's Quest step (no mask, no softcap), stage by stage."""
+    P = store.page_size
+    qg = grouped(q, store.k.shape[1]).contiguous()
 
     def crit(_):
-        return cpu_kernel.group_criticality(cpu.split_signs(qg), store.meta, store.n_pages)
+        return c_cpu.group_criticality(split_signs(qg), store.meta, store.n_pages)
 
     return [
         ("criticality", crit),
-        ("top-K", lambda s: cpu.top_pages(s, budget_pages)),
+        ("top-K", lambda s: top_pages(s, budget_pages)),
         ("attention on the pages in place",
-         lambda p: cpu_kernel.sparse_attention(qg, store.k, store.v, p, P, None, scale, None)),
+         lambda p: c_cpu.sparse_attention(qg, store.k, store.v, p, P, None, scale, None)),
     ]
 
 
@@ -94,7 +95,7 @@ def run(s: Settings) -> dict:
     env = common.environment(device)
     load_start = common.load_average()
     if "c" in s.kernels:
-        cpu_kernel.library()  # builds it (clear error if impossible); the stages call it directly
+        c_cpu.library()  # builds it (clear error if impossible); the stages call it directly
     stream = common.Stream(s.stream_mb * 2**20, device)
     flush = common.Flusher(s.flush_mb * 2**20, device)
     budget_pages = max(1, s.budget // s.page_size)

@@ -1,6 +1,7 @@
-"""Quest (and the comparison policies) inside stock Hugging Face ``generate``.
+"""The Hugging Face integration: a paged KV cache and an attention function for stock models.
 
-Nothing is forked. ``with longforge.quest(model, token_budget=2048): model.generate(...)``:
+Nothing is forked. ``with Quest(token_budget=2048)(model): model.generate(...)`` (or the short
+form ``longforge.quest(model, token_budget=2048)``) runs :func:`sparse_attention`, which:
 
 * registers an attention function and, under the same name, the SDPA mask function
   (``AttentionInterface`` / ``AttentionMaskInterface``; without the mask function Gemma 3's
@@ -13,11 +14,15 @@ Nothing is forked. ``with longforge.quest(model, token_budget=2048): model.gener
 * restores the attention implementation, the registries, the hooks and ``generate`` on exit.
 
 Rules of the attention function: a forward with more than one query token (prefill) is dense
-SDPA with the model's mask; a decode step (one query token) on a paged layer asks the cache's
-policy (``policies.py``), whose Quest path is ``ops.quest_decode``; sliding layers always run the
-stock SDPA path with their window mask. The model's ``scaling`` (Gemma 3:
-``query_pre_attn_scalar**-0.5``) and ``softcap`` (when the model passes one) are honoured.
-Left padding (batch > 1) reaches the decode path as a per-row key mask.
+SDPA with the model's mask (a policy that compresses at the end of prefill, SnapKV, sees it
+through ``policy.prefill``); a decode step (one query token) on a paged layer asks the cache's
+policy (:mod:`longforge.sparse.policies`: ``policy.decode`` -> a backend's step -> its kernel);
+sliding layers always run the stock SDPA path with their window mask. The model's ``scaling``
+(Gemma 3: ``query_pre_attn_scalar**-0.5``) and ``softcap`` (when the model passes one) are
+honoured. Left padding (batch > 1) reaches the decode path as a per-row key mask.
+
+This module knows policies only by what they do (``decode``, ``prefill``, ``needs_scores``,
+``page_size``); a cache without a policy decodes densely.
 """
 from __future__ import annotations
 
@@ -31,8 +36,8 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from longforge.models import cache_arg
-from longforge.sparse.policies import (H2O, Dense, Policy, Quest, QuestPerHead, QuestRank,
-                                       StreamingLLM)
+from longforge.sparse.attention import attend, probabilities
+from longforge.sparse.backends import get_backend
 from longforge.sparse.store import PagedKV
 
 ATTN_NAME = "longforge_sparse"
@@ -127,18 +132,19 @@ class PagedLayer(CacheLayerMixin):
 class SparseCache(Cache):
     """A transformers ``Cache`` whose full-attention layers are :class:`PagedLayer` s.
 
-    ``policy`` (a :class:`~longforge.sparse.policies.Policy`) decides decode-step attention;
-    it can be swapped between steps (``cache.policy = ...``), e.g. after a shared prefill.
+    ``policy`` (a :class:`~longforge.sparse.policies.Policy`; None: dense decode) decides
+    decode-step attention; it can be swapped between steps (``cache.policy = ...``), e.g. after a
+    shared prefill.
     """
 
-    def __init__(self, model_or_config, policy: Policy | None = None, max_len: int = 0,
+    def __init__(self, model_or_config, policy=None, max_len: int = 0,
                  page_size: int | None = None, track_scores: bool | None = None):
         from transformers.cache_utils import get_layer_types_and_kwargs
 
         config = getattr(model_or_config, "config", model_or_config).get_text_config()
-        self.policy = policy or Dense()
-        page_size = page_size or self.policy.page_size
-        track = self.policy.needs_scores if track_scores is None else track_scores
+        self.policy = policy
+        page_size = page_size or getattr(policy, "page_size", 16)
+        track = getattr(policy, "needs_scores", False) if track_scores is None else track_scores
         layers = []
         kinds, kwargs = get_layer_types_and_kwargs(config)
         self.layer_types = tuple(kinds)
@@ -152,27 +158,17 @@ class SparseCache(Cache):
         super().__init__(layers=layers)
 
 
-def QuestCache(model, token_budget: int = 2048, page_size: int = 16, dense_layers: int | str = "auto",
-               max_len: int = 0) -> SparseCache:
-    """A :class:`SparseCache` with the Quest policy (for users calling ``forward`` themselves)."""
-    return SparseCache(model, Quest(token_budget, page_size, dense_layers), max_len)
-
-
 # ------------------------------------------------------------------ the attention function
 def _dense(module, query, key, value, attention_mask, scaling, softcap, **kwargs):
-    """Stock SDPA; models with logit softcapping get the same math written out (SDPA has none)."""
+    """Stock SDPA; models with logit softcapping get the same math written out (SDPA has none),
+    with a finite floor for masked logits, as eager attention does (padding rows stay finite)."""
     if softcap is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       scaling=scaling, **kwargs)
     g = query.shape[1] // key.shape[1]
-    s = torch.matmul(query, repeat_kv(key, g).transpose(2, 3)) * scaling
-    s = torch.tanh(s / softcap) * softcap
-    if attention_mask is not None:
-        # a finite floor, as eager attention does: fully masked (padding) rows stay finite
-        s = (s.masked_fill(~attention_mask, torch.finfo(s.dtype).min)
-             if attention_mask.dtype == torch.bool else s + attention_mask)
-    p = torch.softmax(s.float(), dim=-1).to(value.dtype)
-    return torch.matmul(p, repeat_kv(value, g)).transpose(1, 2).contiguous(), None
+    out = attend(query, repeat_kv(key, g), repeat_kv(value, g), attention_mask, scaling, softcap,
+                 floor=True)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _key_mask(attention_mask) -> torch.Tensor | None:
@@ -191,15 +187,13 @@ def _accumulate_scores(layer: PagedLayer, query, key, attention_mask, scaling, s
     qg = query.view(b, hkv, hq // hkv, t, d)
     qpos = torch.arange(L - t, L, device=query.device)
     for s0 in range(0, t, chunk):
-        s = torch.matmul(qg[:, :, :, s0:s0 + chunk], key[:, :, None].transpose(-1, -2)) * scaling
-        if softcap:
-            s = torch.tanh(s / softcap) * softcap
         if attention_mask is not None:
             m = attention_mask[:, :, s0:s0 + chunk]
             allowed = (m if m.dtype == torch.bool else m == 0)[:, :, None]
         else:
             allowed = torch.arange(L, device=query.device) <= qpos[s0:s0 + chunk, None]
-        p = torch.softmax(s.float().masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
+        p = probabilities(qg[:, :, :, s0:s0 + chunk], key[:, :, None], allowed, scaling,
+                          softcap).nan_to_num(0.0)
         layer.scores[:, :, :L] += p.sum(dim=(2, 3))
 
 
@@ -217,12 +211,20 @@ def sparse_attention_forward(module, query, key, value, attention_mask, scaling=
                             "QuestCache(model, ...)) as the model's cache, or let generate() "
                             "create it.")
         return _dense(module, query, key, value, attention_mask, scaling, softcap, **kwargs)
+    policy = past.policy
     if query.shape[2] > 1:  # prefill (or a multi-token chunk): dense
         if layer.scores is not None:
             _accumulate_scores(layer, query, key, attention_mask, scaling, softcap)
+        if policy is not None:
+            policy.prefill(module.layer_idx, layer, query, key, attention_mask, scaling, softcap,
+                           past.layer_types)
         return _dense(module, query, key, value, attention_mask, scaling, softcap, **kwargs)
-    out = past.policy.decode(module.layer_idx, layer, query[:, :, 0], _key_mask(attention_mask),
-                             scaling, softcap, past.layer_types)
+    q, key_mask = query[:, :, 0], _key_mask(attention_mask)
+    if policy is None:
+        out = get_backend(None, q.device).dense(q, layer.store, scaling, key_mask, softcap)
+    else:
+        out = policy.decode(module.layer_idx, layer, q, key_mask, scaling, softcap,
+                            past.layer_types)
     return out[:, None].contiguous(), None
 
 
@@ -262,11 +264,10 @@ def _release_past(module, args, kwargs, output):
 
 
 @contextmanager
-def sparse_attention(model, policy: Policy, max_len: int | None = None):
-    """Decode with ``policy`` inside the context (``generate`` builds a :class:`SparseCache`).
-
-    A cache passed to ``generate`` must be a :class:`SparseCache` (its own policy is used).
-    """
+def sparse_attention(model, policy, max_len: int | None = None):
+    """Decode with ``policy`` inside the context (``generate`` builds a :class:`SparseCache`);
+    ``policy.__call__(model)`` is this. A cache passed to ``generate`` must be a
+    :class:`SparseCache` (its own policy is used)."""
     if getattr(model, "_longforge_active", False):
         raise RuntimeError("a longforge sparse-attention context is already active on this model")
     modules = _attention_modules(model)
@@ -333,40 +334,3 @@ def _generate_length(model, args, kwargs) -> int:
     if ids is None or new is None:
         return 0
     return ids.shape[1] + new
-
-
-def quest(model, token_budget: int = 2048, page_size: int = 16, dense_layers: int | str = "auto",
-          max_len: int | None = None, selection: str = "group"):
-    """``with quest(model, token_budget=2048): model.generate(...)`` -- Quest decode attention.
-
-    ``selection``: ``"group"`` (default; K pages per KV group by the max over its heads, each
-    read once per group), ``"rank"`` (K pages per KV group, the group's heads taking their best
-    pages in turn) or ``"head"`` (K pages per query head, as on multi-head models; a group
-    reads the union of its heads' pages, up to G x the bytes).
-
-    ``dense_layers``: which layers decode densely: ``"auto"`` (default: the paper's first two
-    layers, plus the first full-attention layer on hybrid models such as Gemma 3, whose first
-    layers are sliding-window), ``N`` (the first N layers by index) or ``"full:N"`` (the first N
-    full-attention layers); see ``policies.dense_layer_ids``.
-    """
-    kinds = {"group": Quest, "rank": QuestRank, "head": QuestPerHead}
-    if selection not in kinds:
-        raise ValueError(f"selection={selection!r}: choose one of {sorted(kinds)}")
-    return sparse_attention(model, kinds[selection](token_budget, page_size, dense_layers), max_len)
-
-
-def streaming_llm(model, token_budget: int, sinks: int = 4, dense_layers: int | str = "auto",
-                  max_len: int | None = None):
-    """StreamingLLM (attention sinks + recent window) at ``token_budget`` tokens."""
-    return sparse_attention(model, StreamingLLM(token_budget, dense_layers=dense_layers,
-                                                sinks=sinks), max_len)
-
-
-def h2o(model, token_budget: int, dense_layers: int | str = "auto", max_len: int | None = None):
-    """H2O (heavy hitters + recent window) at ``token_budget`` tokens."""
-    return sparse_attention(model, H2O(token_budget, dense_layers=dense_layers), max_len)
-
-
-def dense(model, max_len: int | None = None):
-    """Dense decode attention over the same paged cache (the baseline of the same harness)."""
-    return sparse_attention(model, Dense(), max_len)

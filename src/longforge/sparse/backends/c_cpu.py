@@ -1,6 +1,6 @@
-"""An optional C/OpenMP kernel for the Quest CPU decode step: the pages are read in place.
+"""The ``c`` backend: a C/OpenMP kernel for the Quest CPU decode step; the pages are read in place.
 
-The PyTorch path (:mod:`longforge.sparse.cpu`) copies the selected pages into a buffer before two
+The PyTorch backend (:mod:`.torch_cpu`) copies the selected pages into a buffer before two
 matmuls, so the selected K/V cross memory three times (read, write, read back); the criticality
 matmul and its max over the group are two passes. Two loops here read every byte once:
 
@@ -11,18 +11,18 @@ matmul and its max over the group are two passes. Two loops here read every byte
   for the group's ``G`` heads, scale / softcap / key mask, an online-softmax update, and the
   weighted sum of its ``P`` values (flash-decoding), the next page prefetched meanwhile.
 
-Top-K stays ``torch.topk``; the method is the PyTorch path's exactly (equal to
-``ops.quest_decode_reference`` up to fp32 rounding). The loops are written for throughput:
+Top-K and the page choice are :mod:`longforge.sparse.selection`'s; the method is the
+reference's exactly (equal up to fp32 rounding). The loops are written for throughput:
 8-wide GCC vector types, two independent FMA chains per head, one shuffle tree for four dot
 products, a vector ``exp`` (Cephes polynomial, ~1 ulp; exactly 0 below -87).
 
-Used by default when it builds (``LONGFORGE_CPU_KERNEL=auto``; ``c`` forces it, ``torch`` turns
-it off; see :mod:`longforge.sparse.cpu`). It is plain C built once by
+The default CPU backend when it builds (see :mod:`longforge.sparse.backends`). Dense decode and
+other dtypes than fp32 run the PyTorch backend's code. It is plain C built once by
 ``$CC`` (default ``gcc``) into ``cache_dir()/kernels`` and loaded with ctypes: no torch headers,
 so the build takes about a second (a ``torch.utils.cpp_extension`` build compiles the torch
 headers), and torch's own libgomp, already loaded, runs its OpenMP loops on torch's threads.
 A build failure raises :class:`KernelBuildError`; under ``auto`` it is logged as a warning and
-the PyTorch kernel (same method) is used; nothing falls back silently.
+the PyTorch backend (same method) is used; nothing falls back silently.
 """
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from longforge.models.paths import cache_dir
+from longforge.sparse.backends.torch_cpu import TorchCPUBackend
+from longforge.sparse.selection import grouped, split_signs, valid_keys
 
 SOURCE = r"""
 #include <math.h>
@@ -255,8 +259,6 @@ def _flags() -> list[str]:
 
 
 def _library_path(cc: str) -> Path:
-    from longforge.models import cache_dir
-
     key = hashlib.sha256("\0".join([SOURCE, cc, platform.machine(), *_flags()]).encode())
     return cache_dir() / "kernels" / f"quest_cpu_{key.hexdigest()[:16]}.so"
 
@@ -269,7 +271,7 @@ def build() -> Path:
         return out
     if shutil.which(cc) is None:
         raise KernelBuildError(f"the Quest C kernel needs a C compiler: {cc!r} was not found "
-                               "(set CC, or use the default PyTorch path: kernel 'torch')")
+                               "(set CC, or use the PyTorch backend 'torch')")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         src, so = Path(tmp) / "quest_cpu.c", Path(tmp) / out.name
@@ -278,7 +280,7 @@ def build() -> Path:
                              text=True)
         if res.returncode != 0:
             raise KernelBuildError(f"building the Quest C kernel with {cc} failed:\n"
-                                   f"{res.stderr.strip()}\n(use the default kernel 'torch')")
+                                   f"{res.stderr.strip()}\n(use the PyTorch backend 'torch')")
         os.replace(so, out)
     return out
 
@@ -349,3 +351,39 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pages: t
         return acc[:, :, 0] / l[:, :, 0, :, None]
     w = torch.exp(m - m.amax(dim=2, keepdim=True))
     return (acc * w[..., None]).sum(2) / (l * w).sum(2)[..., None]
+
+
+class CBackend(TorchCPUBackend):
+    """Quest with the in-place C loops (fp32 on the CPU; other tensors: the PyTorch backend)."""
+
+    name = "c"
+
+    @staticmethod
+    def _takes(q: torch.Tensor, store) -> bool:
+        return q.device.type == "cpu" and q.dtype == torch.float32 and store.k.dtype == torch.float32
+
+    def _q2(self, q, store):
+        return split_signs(grouped(q, store.k.shape[1])).contiguous()
+
+    def group_scores(self, q, store):
+        if not self._takes(q, store):
+            return super().group_scores(q, store)
+        return group_criticality(self._q2(q, store), store.meta, store.n_pages)
+
+    def head_scores(self, q, store):
+        if not self._takes(q, store):
+            return super().head_scores(q, store)
+        return group_criticality(self._q2(q, store), store.meta, store.n_pages, per_head=True)
+
+    def attend_pages(self, q, store, pages, scale, key_mask, softcap, mine=None):
+        if not self._takes(q, store):
+            return super().attend_pages(q, store, pages, scale, key_mask, softcap, mine)
+        b, hq, d = q.shape
+        P = store.page_size
+        valid = valid_keys(pages, store, key_mask)
+        if mine is not None:  # [B, H_kv, G, U*P]: one mask per head
+            per_head = mine.repeat_interleave(P, dim=-1)
+            valid = per_head if valid is None else per_head & valid[:, :, None]
+        out = sparse_attention(grouped(q, store.k.shape[1]).contiguous(), store.k, store.v, pages,
+                               P, valid, scale, softcap)
+        return out.reshape(b, hq, d)

@@ -1,4 +1,4 @@
-"""Triton kernels for Quest decode on GPUs (fp16 / bf16 / fp32), GQA-aware.
+"""The ``triton`` backend: Triton kernels for Quest decode on GPUs (fp16 / bf16 / fp32), GQA-aware.
 
 Same layout as :mod:`longforge.sparse.store`: keys/values ``[B, H_kv, cap, D]`` (page ``p`` is
 rows ``p*P .. p*P+P-1``), metadata ``[B, H_kv, pages, 2D]`` = ``[max | min]``.
@@ -8,16 +8,17 @@ Four steps, one idea each:
 1. :func:`update_meta` -- per touched page, the element-wise max / min of its keys.
 2. :func:`criticality` -- per page, ``sum_d max(q_d*max_d, q_d*min_d)`` for each query head
    of the KV group, reduced by max over the group (one selection per KV group).
-3. top-K -- ``torch.topk`` over the group scores (the last page forced in). The GQA ablations
-   choose in torch from per-head scores: ``combine="rank"`` (heads take pages in turn) and
-   :func:`quest_decode_per_head_triton` (each head its own pages; the group's union is read
-   once, with a per-head mask in step 4).
+3. top-K -- :mod:`longforge.sparse.selection` over the group scores (the last page forced in).
+   The GQA ablations choose from per-head scores (a matmul): ``selection="rank"`` (heads take
+   pages in turn) and ``"head"`` (each head its own pages; the group's union is read once, with
+   a per-head mask in step 4).
 4. :func:`sparse_attention` -- split-K flash-decoding over the selected pages: each program
    runs an online softmax over its share of pages for all G heads of its group, writing a
    partial (max, sum, accumulator); a small combine step merges the splits exactly.
 
-Tested against the PyTorch reference under ``TRITON_INTERPRET=1`` on CPU
-(``tests/sparse/test_sparse_triton.py``). No GPU timing has been measured for these kernels.
+Dense decode is step 4 over every page. Tested against the reference backend under
+``TRITON_INTERPRET=1`` on CPU (``tests/sparse/backends/test_triton_gpu.py``). No GPU timing
+has been measured for these kernels.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from longforge.sparse import cpu
+from longforge.sparse.backends.base import Backend
+from longforge.sparse.selection import criticality as head_criticality
 
 
 def _pow2(n: int) -> int:
@@ -191,48 +193,22 @@ def _combine(acc: torch.Tensor, m: torch.Tensor, l: torch.Tensor) -> torch.Tenso
     return (acc * w[..., None]).sum(-2) / (l * w).sum(-1, keepdim=True)
 
 
-# ----------------------------------------------------------------------------- the decode step
-def quest_decode_triton(q, store, token_budget: int, scale: float, key_mask=None, softcap=None,
-                        combine: str = "max"):
-    """One Quest decode step with the kernels above (same contract as ``ops.quest_decode``).
-    ``combine="rank"`` takes the pages of ``cpu.top_pages_by_rank`` (per-head scores by a
-    matmul, top-K in torch); the attention kernel is the same."""
-    cpu.check_combine(combine)
-    P = store.page_size
-    n = store.n_pages
-    budget_pages = store.budget_pages(token_budget)
-    if budget_pages is None:
+# ----------------------------------------------------------------------------- the backend
+class TritonBackend(Backend):
+    name = "triton"
+
+    def dense(self, q, store, scale, key_mask=None, softcap=None):
+        n = store.n_pages
         pages = torch.arange(n, device=q.device).expand(q.shape[0], store.k.shape[1], n)
-    elif combine == "rank":
-        pages = cpu.top_pages_by_rank(cpu.head_criticality(q, store), budget_pages,
-                                      store.page_mask(key_mask))
-    else:
-        pages = cpu.top_pages(criticality(q, store.meta, n), budget_pages,
-                              store.page_mask(key_mask))
-    out = sparse_attention(q, store.k, store.v, pages, P, store.length, scale,
-                           store.pad_mask(key_mask), softcap)
-    return cpu.dense_rows(out, q, store, token_budget, scale, key_mask, softcap,
-                          dense=_dense_rows_step)  # no row to redo when the step was dense
+        return self.attend_pages(q, store, pages, scale, key_mask, softcap)
 
+    def group_scores(self, q, store):
+        return criticality(q, store.meta, store.n_pages)
 
-def quest_decode_per_head_triton(q, store, token_budget: int, scale: float, key_mask=None,
-                                 softcap=None):
-    """Quest with pages chosen per query head (contract of ``ops.quest_decode_per_head``): the
-    union of a group's pages is read once, each head masked to its own pages."""
-    P = store.page_size
-    budget_pages = store.budget_pages(token_budget)
-    if budget_pages is None:
-        return quest_decode_triton(q, store, token_budget, scale, key_mask, softcap)
-    top = cpu.top_pages(cpu.head_criticality(q, store), budget_pages,
-                        store.page_mask(key_mask))  # [B, H_kv, G, K]
-    pages, mine = cpu.union_pages(top, store.n_pages)
-    out = sparse_attention(q, store.k, store.v, pages, P, store.length, scale,
-                           store.pad_mask(key_mask), softcap,
-                           head_mask=mine.repeat_interleave(P, dim=-1))
-    return cpu.dense_rows(out, q, store, token_budget, scale, key_mask, softcap,
-                          dense=_dense_rows_step)
+    def head_scores(self, q, store):
+        return head_criticality(q, store)
 
-
-def _dense_rows_step(q, store, scale, key_mask, softcap):
-    """The dense step of :func:`quest_decode_triton` (every page, same kernel) for one row."""
-    return quest_decode_triton(q, store, store.length, scale, key_mask, softcap)
+    def attend_pages(self, q, store, pages, scale, key_mask, softcap, mine=None):
+        head_mask = None if mine is None else mine.repeat_interleave(store.page_size, dim=-1)
+        return sparse_attention(q, store.k, store.v, pages, store.page_size, store.length, scale,
+                                store.pad_mask(key_mask), softcap, head_mask=head_mask)
