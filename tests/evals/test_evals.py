@@ -242,3 +242,10 @@ def test_stream_perplexity_gives_every_policy_the_same_context_window(tok, model
     assert all(math.isclose(v, nll["dense"], rel_tol=1e-4) for v in nll.values())
     with pytest.raises(ValueError, match="text"):
         ppl.run(model, tok, [300], 12, parse_methods("dense", "1"), tmp_path / "x", text="words")
+
+
+def test_methods_can_name_their_own_budget():
+    got = [m.label for m in parse_methods("dense,quest,tova@1/16,snapkv@1024,tova@1/16", "256,1/8")]
+    assert got == ["dense", "quest@256", "quest@1/8", "tova@1/16", "snapkv@1024"]
+    with pytest.raises(ValueError, match="budget"):
+        parse_methods("quest@lots", "256")

@@ -67,17 +67,21 @@ def pin_settings(out_dir: Path, settings: dict) -> None:
 
 
 def parse_methods(methods: str, budgets: str) -> list[Method]:
-    """``"dense,quest,h2o"`` x ``"1/8,512"`` -> dense once, every other method at every budget."""
-    out = []
-    for name in [m.strip() for m in methods.split(",") if m.strip()]:
+    """``"dense,quest,h2o"`` x ``"1/8,512"`` -> dense once, every other method at every budget;
+    ``name@budget`` (``"tova@1/16"``) is that method at that budget only."""
+    out: list[Method] = []
+    for item in [m.strip() for m in methods.split(",") if m.strip()]:
+        name, _, own = item.partition("@")
         make_policy(name)  # validates the name
         if name == "dense":
-            out.append(Method("dense"))
+            new = [Method("dense")]
         else:
-            for b in [b.strip() for b in budgets.split(",") if b.strip()]:
+            new = []
+            for b in [own] if own else [b.strip() for b in budgets.split(",") if b.strip()]:
                 if not re.fullmatch(r"\d+(/\d+)?", b):
                     raise ValueError(f"budget {b!r}: give tokens (512) or a fraction (1/8)")
-                out.append(Method(name, b))
+                new.append(Method(name, b))
+        out += [m for m in new if m not in out]
     return out
 
 
