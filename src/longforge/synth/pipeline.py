@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -170,13 +171,24 @@ class _Packed:
                 self.usage[group_kw[p.group]] += p.length
 
 
+def pad_id_of(tok) -> int:
+    """The id of the padding tokens of a sequence (``n_pad``): the tokenizer's pad token, or its
+    EOS when it has none."""
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+def document_tokens(tok, output: Path, num_shards: int) -> _Tokens:
+    """Token ids and offsets of the run's documents, from its text stores under ``work/``."""
+    wd = work_dir(output)
+    return _Tokens(tok, read_texts([wd / f"texts-{s:05d}.sqlite" for s in range(num_shards)]))
+
+
 def _write(cfg: SynthConfig, seqs: Iterable[Seq], group_kw: list, source: dict[str, str]) -> _Packed:
     """Write each sequence as the packer yields it (streamed: memory does not grow with the
     number of sequences)."""
     tok = cached_tokenizer(cfg.tokenizer)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    wd = work_dir(cfg.output)
-    tokens = _Tokens(tok, read_texts([wd / f"texts-{s:05d}.sqlite" for s in range(cfg.num_shards)]))
+    pad_id = pad_id_of(tok)
+    tokens = document_tokens(tok, cfg.output, cfg.num_shards)
     tok_schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("n_pad", pa.int32())])
     packed = _Packed()
     with ShardWriter(cfg.output, "sequences", 0, cfg.fmt, schema=SEQ_SCHEMA) as out, \
