@@ -32,7 +32,7 @@ def load_tiny_chat(tmp_path_factory):
     return load
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models: one intra-op thread (with several, a tiny matmul spends more time waking
     threads than computing, worse on a busy machine). Restored after the module."""

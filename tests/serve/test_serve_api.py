@@ -16,6 +16,7 @@ import pytest
 from longforge.serve.app import ServerConfig, background, create_app
 from longforge.serve.engine import Engine, EngineSettings
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 KEY = "sk-test"
 NAME = "tiny-chat"
 DOC = "In the town of Alder the river rises every spring and the mill wheel turns. " * 6
@@ -159,16 +160,21 @@ def test_concurrent_requests_answer_as_they_do_alone(client, server):
     assert server[1].state.scheduler.stats()["peak_in_flight"] >= 3  # they did overlap
 
 
-def test_a_client_that_disconnects_frees_its_slot(server):
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_disconnects_frees_its_slot(server, stream):
     url = server[0]
     cancelled = _metrics(url)["cancelled"]
     u = urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
-    body = _chat("go on forever", max_tokens=4000, temperature=0, stream=True)
+    body = _chat("go on forever", max_tokens=4000, temperature=0, stream=stream)
     conn.request("POST", "/v1/chat/completions", json.dumps(body),
                  {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
-    resp = conn.getresponse()
-    assert resp.status == 200 and resp.readline().startswith(b"data:")
+    if stream:
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.readline().startswith(b"data:")
+    else:
+        while _metrics(url)["in_flight"] == 0:
+            time.sleep(0.01)
     conn.sock.shutdown(2)
     conn.close()
     for _ in range(200):
@@ -177,6 +183,36 @@ def test_a_client_that_disconnects_frees_its_slot(server):
             break
         time.sleep(0.05)
     assert m["in_flight"] == 0 and m["cancelled"] == cancelled + 1
+
+
+def test_the_disk_cache_serves_a_restarted_server(load_tiny_chat, tmp_path):
+    settings = EngineSettings(block_tokens=32, prefill_chunk=128, kv_cache_dir=str(tmp_path))
+    req = _chat(DOC + "Q: when?", max_tokens=8, temperature=0)
+    answers = []
+    for _ in range(2):  # the second server starts with an empty RAM cache
+        with _serve(load_tiny_chat(), settings) as (url, app):
+            c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+            answers.append(c.chat.completions.create(**req))
+            reads = _metrics(url)["document_cache"]["disk_reads"]
+    first, again = answers
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert again.usage.prompt_tokens_details.cached_tokens > 0 and reads > 0
+    assert again.choices[0].message.content == first.choices[0].message.content
+    assert list(tmp_path.glob("*/*.safetensors"))
+
+
+def test_a_failing_generation_is_a_500_and_the_server_goes_on(server, client, monkeypatch):
+    engine = server[1].state.engine
+
+    def broken(job):
+        raise RuntimeError("out of memory, say")
+        yield
+
+    monkeypatch.setattr(engine, "steps", broken)
+    status, err = _raw(server[0], "POST", "/v1/chat/completions", _chat("x", max_tokens=2))
+    assert status == 500 and "out of memory" in err["error"]["message"]
+    monkeypatch.undo()
+    assert client.chat.completions.create(**_chat("x", max_tokens=2)).usage.completion_tokens
 
 
 # ------------------------------------------------------------------ bad input: always a 4xx
@@ -202,6 +238,7 @@ BAD = [  # (path, body, status, param)
     ("/v1/chat/completions", _chat("x", temperature=3), 400, "temperature"),
     ("/v1/chat/completions", _chat("x", top_p=0), 400, "top_p"),
     ("/v1/chat/completions", _chat("x", stream="yes"), 400, "stream"),
+    ("/v1/chat/completions", _chat("x", seed=2**64), 400, "seed"),
     ("/v1/chat/completions", _chat("x", n=2), 400, "n"),
     ("/v1/chat/completions", _chat("x", stop=["a", "b", "c", "d", "e"]), 400, "stop"),
     ("/v1/chat/completions", _chat("x", logprobs=True), 400, "logprobs"),

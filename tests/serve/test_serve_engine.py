@@ -14,6 +14,7 @@ from longforge.serve.kvcache import (Block, DocumentCache, ModelIdentity, block_
 from longforge.sparse.hf import PagedLayer, sparse_attention
 from longforge.sparse.policies import Dense, Quest
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 IDENTITY = ModelIdentity("tiny", "w" * 64, "float32", 16, 32)
 
 

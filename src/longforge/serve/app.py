@@ -120,7 +120,12 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     async def generate(request: Request, chat: bool):
         check_key(request)
-        raw = await read_body(request, config.max_body_bytes)
+        try:
+            raw = await asyncio.wait_for(read_body(request, config.max_body_bytes),
+                                         config.request_timeout)
+        except TimeoutError:
+            raise APIError(408, "the request body did not arrive in time",
+                           code="request_timeout") from None
         req = parse(ChatRequest if chat else CompletionRequest, raw, loads(raw))
         if req.model != config.model_name:
             raise APIError(404, f"the model {req.model!r} does not exist; this server serves "
@@ -163,12 +168,17 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         return await collect(request, job, queue, reply, deadline)
 
     async def collect(request, job, queue, reply, deadline):
-        parts = []
+        parts, loop = [], asyncio.get_running_loop()
+        checked = loop.time()
         try:
             while True:
-                event = await next_event(queue, deadline, request)
-                if event is None:  # the client left
-                    return JSONResponse({}, status_code=499)
+                if loop.time() - checked >= 0.5:  # has the client left? (asked twice a second)
+                    checked = loop.time()
+                    if await request.is_disconnected():
+                        return JSONResponse({}, status_code=499)
+                event = await next_event(queue, deadline, poll=0.5)
+                if event is None:
+                    continue
                 if event[0] == "text":
                     parts.append(event[1])
                 elif event[0] == "done":
@@ -218,8 +228,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def next_event(queue: asyncio.Queue, deadline: float, request: Request | None = None):
-    """The job's next event; None if ``request``'s client has gone; a 504 past the deadline."""
+async def next_event(queue: asyncio.Queue, deadline: float, poll: float | None = None):
+    """The job's next event (None after ``poll`` seconds without one); a 504 past the
+    deadline."""
     loop = asyncio.get_running_loop()
     while True:
         left = deadline - loop.time()
@@ -227,9 +238,9 @@ async def next_event(queue: asyncio.Queue, deadline: float, request: Request | N
             raise APIError(504, "the request did not finish within the server's time limit "
                            "(--request-timeout)", "timeout_error", code="request_timeout")
         try:
-            return await asyncio.wait_for(queue.get(), min(left, 0.5))
+            return await asyncio.wait_for(queue.get(), min(left, poll or 1.0))
         except TimeoutError:
-            if request is not None and await request.is_disconnected():
+            if poll is not None:
                 return None
 
 

@@ -60,7 +60,7 @@ def serve(
     """Serve MODEL over OpenAI's chat and completions API, with Quest decoding and a document
     KV cache."""
     from longforge.models import check_spec, load_model
-    from longforge.progress import say
+    from longforge.progress import is_quiet, say
     from longforge.serve.app import ServerConfig, create_app
     from longforge.serve.engine import Engine, EngineSettings
     from longforge.sparse.policies import normalize_dense_layers
@@ -91,4 +91,4 @@ def serve(
     say(f"serving {config.model_name!r} at http://{host}:{port}/v1 (document KV cache: "
         f"{settings.kv_cache_bytes} bytes of RAM"
         f"{', ' + kv_cache_dir if kv_cache_dir else ''})")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="warning" if is_quiet() else "info")

@@ -35,11 +35,12 @@ from longforge.sparse.policies import NAMES, Dense, Policy, make_policy
 
 log = logging.getLogger(__name__)
 
-# How a chat without a template (a base model) is written as text; generation also stops where
-# the model would begin the next user turn.
+# How a chat without a template (a base model) is written as text ("User: ...\n\n" per message,
+# then "Assistant:"); generation also stops where the model would begin another user or system
+# turn.
 PLAIN_ROLES = {"system": "System", "developer": "System", "user": "User",
                "assistant": "Assistant"}
-PLAIN_STOP = "\nUser:"
+PLAIN_STOPS = ("\nUser:", "\nSystem:")
 
 
 class RequestError(ValueError):
@@ -128,7 +129,7 @@ class Engine:
                                    "messages") from None
             return self.tokenizer(text, add_special_tokens=False).input_ids, ()
         text = "".join(f"{PLAIN_ROLES[m['role']]}: {m['content']}\n\n" for m in messages)
-        return self.tokenizer(text + "Assistant:").input_ids, (PLAIN_STOP,)
+        return self.tokenizer(text + "Assistant:").input_ids, PLAIN_STOPS
 
     def completion_ids(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):

@@ -54,7 +54,7 @@ class _Generation(_Strict):
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
