@@ -217,27 +217,9 @@ class Engine:
 
     def steps(self, job: Job):
         """Run ``job``: one model forward per ``next()`` (call inside :meth:`running`)."""
-        model, g, ids, L = self.model, self.settings.block_tokens, job.ids, len(job.ids)
-        keys = block_keys(self.identity, ids)
-        reuse = self._reusable(job.policy, L)
-        hits = self.documents.lookup(keys[: max(reuse, 0) // g])
-        cache = new_cache(model, job.policy, L + job.max_new, self.settings.page_size)
-        n0 = restore(cache, hits, self.device)
-        logits = None
-        for s0, s1 in self._chunks(n0, L, self._last_forward(job.policy)):
-            x = torch.tensor([ids[s0:s1]], device=self.device)
-            if s1 < L:
-                body(model)(input_ids=x, **cache_kw(model, cache), use_cache=True)
-                yield
-            else:
-                logits = model(input_ids=x, **cache_kw(model, cache), use_cache=True,
-                               logits_to_keep=1).logits[0, -1]
-        todo = [b for b in range(len(hits), len(keys)) if keys[b] not in self.documents]
-        for b, block in zip(todo, capture(cache, n0, todo, g)):
-            self.documents.insert(keys[b], block)
-        stop_recording(cache)
+        model, L = self.model, len(job.ids)
+        cache, logits, n0 = yield from self._prefill(job)
         self._count(requests=1, prompt_tokens=L, cached_tokens=n0, prefilled_tokens=L - n0)
-
         gen = torch.Generator().manual_seed(secrets.randbits(63) if job.seed is None
                                             else job.seed)
         text = TextStream(self.tokenizer, job.stop)
@@ -265,6 +247,31 @@ class Engine:
         job.emit(("done", finish, {"prompt_tokens": L, "completion_tokens": out,
                                    "total_tokens": L + out, "cached_tokens": n0,
                                    "prefilled_tokens": L - n0}))
+
+    def _prefill(self, job: Job):
+        """The prompt into a fresh cache: its cached blocks restored, the rest prefilled one
+        chunk per step, the new blocks stored; returns (cache, last logits, cached tokens)."""
+        model, g, ids, L = self.model, self.settings.block_tokens, job.ids, len(job.ids)
+        keys = block_keys(self.identity, ids)
+        reuse = self._reusable(job.policy, L)
+        hits = self.documents.lookup(keys[: max(reuse, 0) // g])
+        keep = self.documents.keeps
+        cache = new_cache(model, job.policy, L + job.max_new, self.settings.page_size, keep)
+        n0 = restore(cache, hits, self.device)
+        logits = None
+        for s0, s1 in self._chunks(n0, L, self._last_forward(job.policy)):
+            x = torch.tensor([ids[s0:s1]], device=self.device)
+            if s1 < L:
+                body(model)(input_ids=x, **cache_kw(model, cache), use_cache=True)
+                yield
+            else:
+                logits = model(input_ids=x, **cache_kw(model, cache), use_cache=True,
+                               logits_to_keep=1).logits[0, -1]
+        todo = [b for b in range(len(hits), len(keys)) if keep and keys[b] not in self.documents]
+        for b, block in zip(todo, capture(cache, n0, todo, g)):
+            self.documents.insert(keys[b], block)
+        stop_recording(cache)
+        return cache, logits, n0
 
     def run(self, job: Job) -> None:
         """Run ``job`` to the end on this thread (tests, scripts)."""

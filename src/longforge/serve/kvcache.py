@@ -108,6 +108,11 @@ class DocumentCache:
         self.counts = {"block_hits": 0, "block_misses": 0, "disk_reads": 0, "disk_writes": 0,
                        "evictions": 0}
 
+    @property
+    def keeps(self) -> bool:
+        """Whether anything inserted can be kept (RAM or disk)."""
+        return self.max_bytes > 0 or self.dir is not None
+
     # ---------------------------------------------------------------- lookup / insert
     def lookup(self, keys: list[str]) -> list[Block]:
         """The blocks of the longest prefix of ``keys`` that is cached (RAM, then disk)."""
@@ -233,12 +238,14 @@ class RecordingWindowLayer(DynamicSlidingWindowLayer):
         return super().update(key_states, value_states, *args, **kwargs)
 
 
-def new_cache(model, policy, max_len: int, page_size: int) -> SparseCache:
-    """A :class:`SparseCache` for one request whose window layers record the prefill."""
+def new_cache(model, policy, max_len: int, page_size: int, record: bool = True) -> SparseCache:
+    """A :class:`SparseCache` for one request; with ``record``, its window layers record the
+    prefill (for :func:`capture`)."""
     cache = SparseCache(model, policy, max_len=max_len, page_size=page_size)
-    for i, layer in enumerate(cache.layers):
-        if isinstance(layer, DynamicSlidingWindowLayer):
-            cache.layers[i] = RecordingWindowLayer(layer.sliding_window)
+    if record:
+        for i, layer in enumerate(cache.layers):
+            if isinstance(layer, DynamicSlidingWindowLayer):
+                cache.layers[i] = RecordingWindowLayer(layer.sliding_window)
     return cache
 
 
