@@ -174,6 +174,20 @@ def test_bad_options_are_request_errors(engine):
     assert engine.prepare([5] * 10, token_budget=4).policy.label() == "quest@4"
 
 
+def test_a_chat_on_a_base_model_is_a_plain_transcript_that_stops_at_the_next_turn(
+        load_tiny_chat):
+    base = Engine(load_tiny_chat(chat=False), EngineSettings(block_tokens=32,
+                                                             prefill_chunk=128))
+    assert not base.chat_template
+    ids, stops = base.chat_ids([{"role": "system", "content": "be brief"},
+                                {"role": "user", "content": "hi"},
+                                {"role": "assistant", "content": "hello"},
+                                {"role": "user", "content": "and?"}])
+    assert base.tokenizer.decode(ids) == ("System: be brief\n\nUser: hi\n\nAssistant: hello"
+                                          "\n\nUser: and?\n\nAssistant:")
+    assert stops == ("\nUser:", "\nSystem:")
+
+
 def test_sampling_is_seeded_greedy_at_zero_and_top_p_keeps_the_nucleus():
     logits = torch.tensor([0.0, 3.0, 2.9, -5.0])
     draw = [sample(logits, 1.0, 1.0, torch.Generator().manual_seed(4)) for _ in range(2)]
