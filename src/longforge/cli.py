@@ -54,6 +54,10 @@ def _register() -> None:
     from longforge.bench.cli import app as bench_app
 
     app.add_typer(bench_app, name="bench")
+    from longforge.serve.cli import serve
+
+    app.command(help="OpenAI-compatible server: chat and completions with Quest decoding and "
+                     "a document KV cache.")(serve)
 
 
 _register()
