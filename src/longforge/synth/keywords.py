@@ -40,6 +40,14 @@ STOP_KEYWORDS = frozenset([
     "part 1", "current state", "following equation",
 ])
 
+# Generic keywords, stopped by default on top of Table 7 (``--no-stop-generic`` keeps them): the
+# frequent keywords of the sample corpus that name no subject, so they would group unrelated
+# documents, found the way the paper grew its list (the most frequent keywords, by how many
+# documents and sources hold them; `longforge analyze` lists them for any corpus).
+GENERIC_KEYWORDS = frozenset([
+    "latest version", "current version", "two types", "main tokens",
+])
+
 _SENT = re.compile(r"(?<=[.!?])\s+|(?<=[\u3002\uff01\uff1f])\s*|\n+")  # also CJK 。！？
 _JOINERS = frozenset("'-\u2010.")  # inside a word: don't (also don\u2019t), x-ray, c.d.e, 3.11
 _DELIMITER = "."                          # what any punctuation or symbol becomes for RAKE
