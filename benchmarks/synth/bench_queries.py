@@ -39,7 +39,7 @@ import torch
 
 from longforge.corpus import atomic_write_json, atomic_write_text, read_documents
 from longforge.data import sample_corpus_path
-from longforge.models import load_model, load_tokenizer
+from longforge.models import load_model
 from longforge.synth.keywords import GENERIC_KEYWORDS, KeywordExtractor, PromptEcho
 from longforge.synth.queries import (FEW_SHOT, CausalLMPredictor, InstructPredictor,
                                      parse_queries, segment_text)
@@ -80,14 +80,14 @@ def make_predictor(path: str, lms: dict, args):
     kw = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, segment_tokens=256,
               device="cpu", threads=args.llamacpp_threads)
     if path.startswith("gemma"):
-        if path.endswith("llamacpp"):
-            return CausalLMPredictor(args.gemma, engine="llamacpp", **kw)
+        if path.endswith("llamacpp"):   # the model's tokenizer only
+            return CausalLMPredictor(args.gemma, engine="llamacpp", model=lms["gemma"], **kw)
         fast = path.endswith("fast")
         return CausalLMPredictor(args.gemma, model=lms["gemma"], reuse_prefix=fast,
                                  sort_by_length=fast, **kw)
     k = 1 if path.endswith("k1") else args.k
     if "llamacpp" in path:
-        return InstructPredictor(args.qwen, k, engine="llamacpp", **kw)
+        return InstructPredictor(args.qwen, k, engine="llamacpp", model=lms["qwen"], **kw)
     return InstructPredictor(args.qwen, k, model=lms["qwen"], **kw)
 
 
@@ -177,11 +177,11 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = set(paths) - set(PATHS)
     if unknown or BASELINE not in paths:
         ap.error(f"--paths: choose among {', '.join(PATHS)}, with {BASELINE}")
-    segs, ids = pick_segments(args.segments, args.seed, load_tokenizer(args.gemma), 256)
-    rate = matmul_gflops()
     lms = {"gemma": load_model(args.gemma, device="cpu", dtype="fp32")}
     if any(p.startswith("qwen") for p in paths):
         lms["qwen"] = load_model(args.qwen, device="cpu", dtype="fp32")
+    segs, ids = pick_segments(args.segments, args.seed, lms["gemma"].tokenizer, 256)
+    rate = matmul_gflops()
     extractor = KeywordExtractor(extra_stop_keywords=GENERIC_KEYWORDS)
     echo = PromptEcho(extractor, [q for _, q in FEW_SHOT])
     rows = []

@@ -14,14 +14,17 @@ by a per-segment ``rest``; an engine continues ``prefix + rest`` greedily until 
 * :class:`LlamaCppEngine` (``--engine llamacpp``): llama.cpp through the ``xllamacpp`` wheels
   (``pip install 'longforge[llamacpp]'``), on a GGUF file as it is (quantized). llama.cpp's
   prompt cache keeps the KV of the previous prompt's common prefix, so the fixed prefix is
-  computed once here too. Its outputs are not bit-identical to fp32 transformers, so the query
-  cache is keyed by engine.
+  computed once here too; the cache is put in the same state before every prompt, so an answer
+  does not depend on the prompts before it. Its outputs are not bit-identical to fp32
+  transformers, so the query cache is keyed by engine.
 
-Both are deterministic: greedy decoding, the same inputs in the same order give the same bytes.
+Both are deterministic: greedy decoding, the same inputs in the same order give the same bytes
+(llama.cpp's in any order; transformers' batches change rounding only).
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import secrets
 from collections import Counter
 from collections.abc import Callable
@@ -30,7 +33,10 @@ from pathlib import Path
 
 import torch
 
-ENGINES = ("hf", "llamacpp")
+# Plain greedy decoding, whatever a model's generation config asks for (a hub model's
+# repetition penalty or sampling settings would otherwise apply).
+GREEDY = dict(do_sample=False, num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0,
+              temperature=None, top_p=None, top_k=None)
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,9 @@ class HFEngine:
         key = tuple(prefix)
         if self._prefix is None or self._prefix[0] != key:
             ids = torch.tensor([prefix], device=self.model.device)
-            out = self.model(input_ids=ids, use_cache=True)
+            keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(
+                self.model.forward).parameters else {}   # its logits are not needed
+            out = self.model(input_ids=ids, use_cache=True, **keep)
             self._prefix = (key, out.cache if hasattr(out, "cache") else out.past_key_values)
             self.stats["prefill_tokens"] += len(prefix)
         return self._prefix[1]
@@ -111,8 +119,8 @@ class HFEngine:
         start = ids.shape[1]
         out = self.model.generate(
             input_ids=ids, attention_mask=torch.tensor(mask, device=self.model.device),
-            max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.pad_id,
-            stopping_criteria=self._stopping(start, stop), **kw)
+            max_new_tokens=max_new_tokens, pad_token_id=self.pad_id,
+            stopping_criteria=self._stopping(start, stop), **GREEDY, **kw)
         new = out[:, start:].tolist()
         ends = set(_as_list(self.model.generation_config.eos_token_id)) | {self.pad_id}
         for row in new:  # the tokens each row decoded: up to and including its end token
