@@ -8,7 +8,8 @@
 # `--group-boundary mix` (out/.../quest-<source>) and with `--group-boundary pad`
 # (quest-<source>-pad: one keyword per sequence, at the cost of padding; the second run reuses
 # the cached queries). Queries are one segment per document, cached per segment and resumable;
-# ENGINE (hf | llamacpp) generates them, THREADS sets llama.cpp's threads (1 on shared cores).
+# ENGINE (hf | llamacpp; CAUSAL_ENGINE / INSTRUCT_ENGINE for one source) generates them,
+# THREADS sets the engine's CPU threads (1 on cores other jobs share).
 # The whole sample corpus (reports/synth-full; hours of CPU with ENGINE=hf):
 #   PER_SOURCE=100000 OUT=out/synth-full REPORT=reports/synth-full ENGINE=llamacpp \
 #     sh benchmarks/synth/make_report.sh
@@ -23,6 +24,8 @@ PER_SOURCE=${PER_SOURCE:-60}
 QUERY_SOURCES=${QUERY_SOURCES:-"causal instruct document"}
 GROUP_BOUNDARIES=${GROUP_BOUNDARIES:-"mix pad"}
 ENGINE=${ENGINE:-hf}
+CAUSAL_ENGINE=${CAUSAL_ENGINE:-$ENGINE}
+INSTRUCT_ENGINE=${INSTRUCT_ENGINE:-$ENGINE}
 THREADS=${THREADS:-0}
 K=${K:-0}            # queries per segment of the instruct source (0: its default, 3)
 CAUSAL_PREDICTOR=${CAUSAL_PREDICTOR:-gemma-3-270m}
@@ -39,8 +42,8 @@ done
 for qs in $QUERY_SOURCES; do
   predict=""
   case $qs in
-    causal) predict="--predictor $CAUSAL_PREDICTOR --engine $ENGINE --engine-threads $THREADS" ;;
-    instruct) predict="--predictor $INSTRUCT_PREDICTOR --engine $ENGINE --engine-threads $THREADS --queries-per-segment $K" ;;
+    causal) predict="--predictor $CAUSAL_PREDICTOR --engine $CAUSAL_ENGINE --engine-threads $THREADS" ;;
+    instruct) predict="--predictor $INSTRUCT_PREDICTOR --engine $INSTRUCT_ENGINE --engine-threads $THREADS --queries-per-segment $K" ;;
   esac
   for gb in $GROUP_BOUNDARIES; do
     name=quest-$qs; [ $gb = pad ] && name=quest-$qs-pad
