@@ -287,7 +287,7 @@ def run(cfg: SynthConfig, model=None) -> dict:
     from longforge.models import check_spec
 
     check_spec(cfg.tokenizer)  # before settings.json: a typo must not pin a run
-    if cfg.method == "quest" and cfg.query_source == "causal" and model is None:
+    if cfg.method == "quest" and cfg.query_source in ("causal", "instruct") and model is None:
         check_spec(cfg.predictor)
     t0 = time.time()
     cfg.output.mkdir(parents=True, exist_ok=True)
@@ -309,7 +309,8 @@ def run(cfg: SynthConfig, model=None) -> dict:
     if cfg.method == "quest":
         _write_index(cfg, info, n_tokens, usage)
         no_kw = sum(k is None for k in docs["keyword"])
-        echo = prompt_echo(cfg, KeywordExtractor(cfg.min_score, cfg.min_chars, cfg.stop_keywords))
+        echo = prompt_echo(cfg, KeywordExtractor(cfg.min_score, cfg.min_chars,
+                                                 cfg.extra_stop_keywords()))
         manifest.extra["quest"] = {
             **{k: v for k, v in info.items() if k not in ("index", "keyword_of_pass")},
             "documents_without_keyword": no_kw, "no_keyword_policy": cfg.no_keyword,
