@@ -297,6 +297,7 @@ def test_without_an_address_a_local_cluster_is_started_and_stopped(tmp_path, clu
         while _processes_under(root):
             assert time.time() < deadline, _processes_under(root)
             time.sleep(0.2)
+        assert list(root.iterdir()) == []  # and removed its folder
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
+import shutil
+import tempfile
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -164,26 +167,38 @@ class RayExecutor(LocalExecutor):
                 "cpus_per_task": self.cpus_per_task, "gpus_per_task": self.gpus_per_task,
                 "max_retries": self.max_retries, "resubmissions": self.resubmissions}
 
-    def _connect(self, ray) -> bool:
-        """Join the cluster (or start a local one); True when this call did (and must end it)."""
+    def _connect(self, ray) -> tuple[bool, str | None]:
+        """Join the cluster, or start a local one in a temporary folder of its own (under
+        ``$RAY_TMPDIR`` when set); (whether this call connected, that folder)."""
         if ray.is_initialized():
-            return False
+            return False, None
+        local = self.address is None and not os.environ.get("RAY_ADDRESS")
+        tmp = tempfile.mkdtemp(prefix="longforge-ray-", dir=os.environ.get("RAY_TMPDIR")) if local else None
         try:
             ray.init(address=self.address, include_dashboard=False, logging_level="warning",
-                     configure_logging=True)
+                     **({"_temp_dir": tmp} if tmp else {}))
         except (ConnectionError, ValueError, RuntimeError) as exc:
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
             where = f"the Ray cluster at {self.address}" if self.address else "a local Ray cluster"
             raise ExecutorError(f"cannot reach {where}: {exc}") from None
-        return True
+        return True, tmp
 
     def run(self, task: Task, num_shards: int) -> list[dict[str, Any]]:
         ray = import_ray()
-        started = self._connect(ray)
+        connected, tmp = self._connect(ray)
+        ok = False
         try:
-            return self._run(ray, task, num_shards)
+            results = self._run(ray, task, num_shards)
+            ok = True
+            return results
         finally:
-            if started:
+            if connected:
                 ray.shutdown()
+            if tmp and ok:  # the local cluster's logs go with it, unless the run failed
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif tmp:
+                say(f"the local Ray cluster's logs are in {tmp}")
 
     def _run(self, ray, task: Task, num_shards: int) -> list[dict[str, Any]]:
         results = self.finished(num_shards)

@@ -30,7 +30,7 @@ def score(
     batch_tokens: int = typer.Option(4096, help="Tokens per forward pass."),
     cross_document: bool = typer.Option(True, "--cross-document/--per-document",
                                         help="Score short documents several per forward pass "
-                                             "(same numbers; docs/prolong.md)."),
+                                             "(the same numbers up to float rounding; docs/prolong.md)."),
     format: str = typer.Option("jsonl", help="Output format: jsonl, jsonl.gz, parquet."),
     num_shards: int = typer.Option(1, help="Output shards (units of parallelism and resume)."),
     workers: int = WORKERS,

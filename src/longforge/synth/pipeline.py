@@ -60,6 +60,10 @@ def _prepare(cfg: SynthConfig, model=None):
     plan = plan_shards(cfg.inputs, cfg.num_shards)
     for note in plan.notes:
         say(f"note: {note}")
+    if (cfg.executor == "ray" and cfg.method == "quest" and cfg.query_source in ("causal", "seq2seq")
+            and cfg.query_cache is None):
+        say(f"note: the query cache is {cfg.query_cache_dir()} on each node; on a cluster of "
+            "several machines give --query-cache a folder on shared storage to share it")
     ex = make_executor(cfg.executor, cfg.workers, cfg.output / "state" / "prepare", desc="prepare",
                        ray_address=cfg.ray_address, cpus_per_task=cfg.cpus_per_task,
                        gpus_per_task=cfg.gpus_per_task)
