@@ -39,24 +39,11 @@ def test_an_id_repeated_by_a_later_shard_is_a_duplicate_at_its_location(tmp_path
     assert "kernel/0" in shards[0] and "kernel/0" in shards[2]  # each shard saw its own
 
 
-def test_a_resume_whose_input_changed_is_refused(tmp_path, monkeypatch):
-    from longforge.synth import prepare as prepare_mod
-
-    real, calls = prepare_mod._Prepare.run, []
-
-    def dies_on_shard_1(self):
-        calls.append(self.shard)
-        if self.shard == 1:
-            raise KeyboardInterrupt("killed")
-        return real(self)
-
-    monkeypatch.setattr(prepare_mod._Prepare, "run", dies_on_shard_1)
+def test_a_resume_whose_input_changed_is_refused(tmp_path):
     cfg = _cfg(tmp_path, num_shards=2)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg)
-    monkeypatch.setattr(prepare_mod._Prepare, "run", real)
-    corpus = tmp_path / "c.jsonl"
-    with open(corpus, "a") as fh:  # the input grows after shard 0 was finished
+    run(cfg)
+    (tmp_path / "out" / "state" / "prepare" / "shard-00001.json").unlink()  # as if unfinished
+    with open(tmp_path / "c.jsonl", "a") as fh:  # the input grows after shard 0 was finished
         fh.write(json.dumps({"id": "late", "text": "a document added later " * 400}) + "\n")
     with pytest.raises(SettingsMismatch, match=r"shards \[0\] were made from other parts"):
         run(cfg)
