@@ -2,7 +2,8 @@ from typer.testing import CliRunner
 
 from longforge.cli import app
 
-SUBCOMMANDS = ["synth", "analyze", "score", "filter", "eval", "bench", "demo"]
+SUBCOMMANDS = ["synth", "analyze", "score", "filter", "eval", "bench", "demo", "export",
+               "serve"]
 
 
 def test_help_lists_subcommands():

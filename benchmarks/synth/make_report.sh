@@ -3,19 +3,33 @@
 # Run from the repository root, alone on the machine:
 #   sh benchmarks/synth/make_report.sh
 # makes reports/synth (420 documents, 60 per domain). Quest runs with Gemma-predicted queries
-# (the method; one-segment queries, cached per segment and resumable) and with the explicit
-# `document` ablation (keywords from the text itself), each twice: with the default
+# (`causal`: few-shot), Qwen instruct queries (`instruct`: zero-shot, $K queries per segment) and
+# the explicit `document` ablation (keywords from the text itself), each twice: with the default
 # `--group-boundary mix` (out/.../quest-<source>) and with `--group-boundary pad`
 # (quest-<source>-pad: one keyword per sequence, at the cost of padding; the second run reuses
-# the cached queries). The whole sample corpus (reports/synth-full; about an hour of Gemma queries):
-#   PER_SOURCE=100000 OUT=out/synth-full REPORT=reports/synth-full \
+# the cached queries). Queries are one segment per document, cached per segment and resumable;
+# ENGINE (hf | llamacpp; CAUSAL_ENGINE / INSTRUCT_ENGINE for one source) generates them,
+# THREADS sets the engine's CPU threads (1 on cores other jobs share).
+# The whole sample corpus (reports/synth-full; hours of CPU with ENGINE=hf):
+#   PER_SOURCE=100000 OUT=out/synth-full REPORT=reports/synth-full ENGINE=llamacpp \
 #     sh benchmarks/synth/make_report.sh
+# One `longforge analyze` report compares them all: keyword coverage (documents with a keyword,
+# documents in keywords of >= 2), purity, intra-context cosine with intervals, domain spread and
+# the most frequent keywords (candidates for the stop list).
 # An output folder made with other settings (or by an older longforge) is refused: delete $OUT.
 set -e
 [ -x .venv/bin/longforge ] && PATH="$PWD/.venv/bin:$PATH"
 L=${L:-8192}
 PER_SOURCE=${PER_SOURCE:-60}
-QUERY_SOURCES=${QUERY_SOURCES:-"causal document"}
+QUERY_SOURCES=${QUERY_SOURCES:-"causal instruct document"}
+GROUP_BOUNDARIES=${GROUP_BOUNDARIES:-"mix pad"}
+ENGINE=${ENGINE:-hf}
+CAUSAL_ENGINE=${CAUSAL_ENGINE:-$ENGINE}
+INSTRUCT_ENGINE=${INSTRUCT_ENGINE:-$ENGINE}
+THREADS=${THREADS:-0}
+K=${K:-0}            # queries per segment of the instruct source (0: its default, 3)
+CAUSAL_PREDICTOR=${CAUSAL_PREDICTOR:-gemma-3-270m}
+INSTRUCT_PREDICTOR=${INSTRUCT_PREDICTOR:-qwen2.5-coder-0.5b-instruct}
 OUT=${OUT:-out/synth-report}
 REPORT=${REPORT:-reports/synth}
 QUIET=${QUIET--q}    # QUIET= (empty) shows progress bars
@@ -26,11 +40,16 @@ for m in standard knn iclm longdoc; do
   longforge $QUIET synth $OUT/corpus.jsonl -o $OUT/$m --method $m -L $L --seed 0
 done
 for qs in $QUERY_SOURCES; do
-  for gb in mix pad; do
+  predict=""
+  case $qs in
+    causal) predict="--predictor $CAUSAL_PREDICTOR --engine $CAUSAL_ENGINE --engine-threads $THREADS" ;;
+    instruct) predict="--predictor $INSTRUCT_PREDICTOR --engine $INSTRUCT_ENGINE --engine-threads $THREADS --queries-per-segment $K" ;;
+  esac
+  for gb in $GROUP_BOUNDARIES; do
     name=quest-$qs; [ $gb = pad ] && name=quest-$qs-pad
     echo "== $name"
     longforge $QUIET synth $OUT/corpus.jsonl -o $OUT/$name --method quest -L $L --seed 0 \
-      --query-source $qs --max-segments 1 --no-keyword standard --group-boundary $gb
+      --query-source $qs --max-segments 1 --no-keyword standard --group-boundary $gb $predict
     outputs="$outputs $OUT/$name"
   done
 done

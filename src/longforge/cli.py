@@ -48,9 +48,16 @@ def _register() -> None:
 
     app.command(name="score", help="ProLong long-dependency score of every document.")(score)
     app.command(name="filter", help="Keep the documents with the highest LDS.")(filter_cmd)
+    from longforge.export.cli import export
+
+    app.command(name="export", help="A synth run as Megatron, MDS, HF or datatrove training data.")(export)
     from longforge.bench.cli import app as bench_app
 
     app.add_typer(bench_app, name="bench")
+    from longforge.serve.cli import serve
+
+    app.command(help="OpenAI-compatible server: chat and completions with Quest decoding and "
+                     "a document KV cache.")(serve)
 
 
 _register()

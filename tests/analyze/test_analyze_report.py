@@ -64,8 +64,12 @@ def test_analyze_ranks_grouped_above_shuffled(tmp_path):
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(
         ["report.md", "report.json", "similarity.png", "domains.png", "projection.png",
          "keyword_sizes.png"])  # PNGs renamed into place, no temporary left
+    cov = res["keyword_coverage"]
+    assert set(cov) == {quest_pad, "mixed/quest"} and cov[quest_pad]["in_shared_keywords_share"] == 1.0
+    assert [r["documents"] for r in res["frequent_keywords"][quest_pad]] == [6, 6, 6]
     md = (tmp_path / "report" / "report.md").read_text()
     assert "Keyword purity" in md and "95% CI" in md and "vs standard" in md
+    assert "## Keyword coverage" in md and "### Most frequent keywords" in md
     assert set(res["comparison"]["versus_reference"]) == {quest_pad, "mixed/quest"}
 
 
@@ -143,3 +147,31 @@ def test_keyword_purity_and_token_weighted_domains():
     assert after == pytest.approx({"code": 100 / 135, "man": 35 / 135})
     docs_no_kw = {d: {**r, "keyword": None} for d, r in docs.items()}
     assert keyword_purity(SynthOutput(Path("x"), "standard", {}, seqs, docs_no_kw)) is None
+
+
+def test_keyword_coverage_and_most_frequent_keywords():
+    from pathlib import Path
+
+    from longforge.analyze.analyses import frequent_keywords, keyword_coverage
+    from longforge.analyze.data import SynthOutput
+
+    def doc(kw, kws, source):
+        return {"keyword": kw, "keywords": kws, "source": source, "n_tokens": 5, "hash": "h"}
+
+    docs = {"a": doc("latest version", ["latest version", "zlib stream"], "changelog"),
+            "b": doc("latest version", ["latest version"], "copyright"),
+            "c": doc("zlib stream", ["zlib stream", "latest version"], "man"),
+            "d": doc("tar archive", ["tar archive"], "man"),
+            "e": doc(None, [], "man")}
+    out = SynthOutput(Path("x"), "quest", {}, [], docs)
+    c = keyword_coverage(out)
+    assert (c["documents"], c["with_keyword"], c["in_shared_keywords"]) == (5, 4, 2)
+    assert c["with_keyword_share"] == 0.8 and c["in_shared_keywords_share"] == 0.4
+    assert (c["keywords"], c["shared_keywords"]) == (3, 1)
+    top = frequent_keywords(out, top=2)
+    assert [(r["keyword"], r["documents"], r["representative_of"], r["sources"]) for r in top] == [
+        ("latest version", 3, 2, 3), ("zlib stream", 2, 1, 2)]
+    assert top[0]["source_shares"] == pytest.approx({"changelog": 1 / 3, "copyright": 1 / 3,
+                                                     "man": 1 / 3})
+    assert keyword_coverage(SynthOutput(Path("x"), "knn", {}, [], docs)) is None
+    assert frequent_keywords(SynthOutput(Path("x"), "knn", {}, [], docs)) is None

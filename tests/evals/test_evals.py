@@ -154,3 +154,98 @@ def test_chunked_prefill_equals_one_pass(arch):
         assert a.store.length == b.store.length == 150 and a.scores is not None
         torch.testing.assert_close(b.store.keys(), a.store.keys(), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(b.scores, a.scores, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- RULER variants, bank, reports
+def test_multikey_and_multivalue_needles(tok):
+    ids, value = niah.build(tok, 900, 0.3, seed=5, variant="multikey", needles=3)
+    text = tok.decode(ids)
+    assert len(ids) == 900 and text.count("One of the special magic numbers for") == 3
+    keys = [text.split("magic numbers for ", i + 1)[-1].split(" is:")[0] for i in range(3)]
+    assert len(set(keys)) == 3  # distractors have other keys
+    asked = text.rsplit("magic number for ", 1)[-1].split(" mentioned")[0]
+    assert f"for {asked} is: {value}." in text
+    ids, values = niah.build(tok, 900, 0.3, seed=5, variant="multivalue", needles=3)
+    text = tok.decode(ids)
+    assert len(values) == 3 and all(f"is: {v}." in text for v in values)
+    assert text.endswith("mentioned in the provided text are")
+    assert niah.score(" ".join(values), values) and not niah.score(values[0], values)
+    with pytest.raises(ValueError, match="variant"):
+        niah.build(tok, 900, 0.3, seed=5, variant="triple")
+
+
+def test_the_prefix_bank_gives_each_sample_what_its_own_prefill_gives(tok):
+    """Samples that share the instruction + haystack prefix reuse one prefill: the decoded
+    outputs of every policy (H2O's prefill scores too) equal those of a whole prefill."""
+    from longforge.sparse import Dense, sparse_attention
+
+    m = tiny_model("tiny-qwen2", vocab_size=len(tok))
+    methods = parse_methods("dense,quest,h2o,snapkv,tova", "32")
+    with sparse_attention(m, Dense()):
+        bank = runner.PrefixBank(m, passkey.needle_free(tok, 400), 8, track_scores=True,
+                                 align=64)
+        for depth in (0.2, 0.9):
+            ids, _ = passkey.build(tok, 380, depth, seed=2)
+            _, start = bank.start(ids[:-8], 400)
+            assert start >= 64  # the prefix really was reused
+            alone = runner.run_sample(m, ids, methods, 8, 3, 8, 0)
+            shared = runner.run_sample(m, ids, methods, 8, 3, 8, 0, bank=bank)
+            assert shared == alone
+
+
+def test_one_policy_at_the_same_tokens_is_decoded_once(tok, model, monkeypatch):
+    calls = []
+    real = runner.decode
+    monkeypatch.setattr(runner, "decode", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    ids, _ = passkey.build(tok, 256, 0.5, seed=1)
+    methods = [Method("dense"), Method("quest", "1/4"), Method("quest", "64"),
+               Method("tova", "64")]
+    from longforge.sparse import Dense, sparse_attention
+
+    with sparse_attention(model, Dense()):
+        out = runner.run_sample(model, ids, methods, 8, 2, 16, 0)
+    assert Method("quest", "1/4").tokens(len(ids), 16) == 64
+    assert len(calls) == 3 and out[Method("quest", "1/4")] == out[Method("quest", "64")]
+
+
+def test_intervals_and_paired_differences():
+    from longforge.evals.report import paired_difference, summarize, wilson
+
+    lo, hi = wilson(20, 20)
+    assert hi == 1.0 and 0.83 < lo < 0.84  # 20 of 20: [83.9%, 100%]
+    lo, hi = wilson(5, 10)
+    assert 0.23 < lo < 0.24 and 0.76 < hi < 0.77
+    d = paired_difference([(1, 1)] * 18 + [(0, 1)] * 2)
+    assert d["difference"] == -0.1 and d["ci"][0] < -0.1 < d["ci"][1] <= 0
+    rows = [dict(task="niah", method=m, budget=b, length=100, depth=0.5, trial=t,
+                 correct=ok) for t in range(4)
+            for m, b, ok in (("dense", "-", True), ("quest", "1/8", t != 0))]
+    s = summarize(rows)
+    assert s["vs_dense"] == [dict(method="quest", budget="1/8", length=100,
+                                  **paired_difference([(0, 1), (1, 1), (1, 1), (1, 1)]))]
+    assert s["by_length"][0]["ci"] == list(wilson(4, 4))
+
+
+def test_stream_perplexity_gives_every_policy_the_same_context_window(tok, model, tmp_path):
+    """text=stream: the haystack's documents in a row; each method prefills the last WINDOW
+    context tokens itself (SnapKV chooses there); at a budget above the context every policy
+    scores exactly as dense."""
+    hay = tmp_path / "docs"
+    hay.mkdir()
+    for i in range(3):
+        (hay / f"{i}.txt").write_text(" ".join(f"word{(i * 7 + j) % 41} is next." for j in range(60)))
+    res = ppl.run(model, tok, [300], 12, parse_methods("dense,snapkv,tova,quest", "4096"),
+                  tmp_path / "out", page_size=4, dense_layers=0,
+                  haystack=niah.Haystack(str(hay), None), text="stream")
+    nll = {r["method"]: r["nll"] for r in res.rows}
+    assert set(nll) == {"dense", "snapkv", "tova", "quest"}
+    assert all(math.isclose(v, nll["dense"], rel_tol=1e-4) for v in nll.values())
+    with pytest.raises(ValueError, match="text"):
+        ppl.run(model, tok, [300], 12, parse_methods("dense", "1"), tmp_path / "x", text="words")
+
+
+def test_methods_can_name_their_own_budget():
+    got = [m.label for m in parse_methods("dense,quest,tova@1/16,snapkv@1024,tova@1/16", "256,1/8")]
+    assert got == ["dense", "quest@256", "quest@1/8", "tova@1/16", "snapkv@1024"]
+    with pytest.raises(ValueError, match="budget"):
+        parse_methods("quest@lots", "256")

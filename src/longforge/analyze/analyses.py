@@ -65,6 +65,44 @@ def keyword_group_similarity(out: SynthOutput, vecs: dict[str, np.ndarray]) -> d
             "mean": float(np.mean(sims)) if sims else None}
 
 
+def keyword_coverage(out: SynthOutput) -> dict | None:
+    """Quest outputs: how many documents got a surviving keyword (their representative one) and
+    how many share it with another document, i.e. sit in a keyword holding >= 2 documents (the
+    others are grouped with nothing: a keyword group of one)."""
+    if out.method != "quest" or not out.docs:
+        return None
+    sizes = Counter(r["keyword"] for r in out.docs.values() if r["keyword"] is not None)
+    n, with_kw = len(out.docs), sum(sizes.values())
+    shared = sum(c for c in sizes.values() if c >= 2)
+    return {"documents": n, "with_keyword": with_kw, "with_keyword_share": with_kw / n,
+            "in_shared_keywords": shared, "in_shared_keywords_share": shared / n,
+            "keywords": len(sizes), "shared_keywords": sum(c >= 2 for c in sizes.values())}
+
+
+def frequent_keywords(out: SynthOutput, top: int = 30) -> list[dict] | None:
+    """Quest outputs: the ``top`` keywords held by most documents among their candidates (every
+    surviving keyword of a document, not only the representative one drawn), with how many
+    documents drew each as representative and the sources of its documents. A keyword held by
+    documents of many sources names no subject ("latest version", "two types"): a candidate for
+    ``--stop-keywords``, the way the Quest paper grew its stop list."""
+    if out.method != "quest":
+        return None
+    holders: dict[str, list[str]] = {}
+    for d, r in sorted(out.docs.items()):
+        for k in dict.fromkeys(r.get("keywords") or []):
+            holders.setdefault(k, []).append(d)
+    if not holders:
+        return None
+    chosen = Counter(r["keyword"] for r in out.docs.values() if r["keyword"] is not None)
+    rows = []
+    for k, ds in sorted(holders.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:top]:
+        src = Counter(out.docs[d]["source"] for d in ds)
+        rows.append({"keyword": k, "documents": len(ds), "representative_of": chosen[k],
+                     "sources": len(src),
+                     "source_shares": {s: c / len(ds) for s, c in src.most_common()}})
+    return rows
+
+
 def piece_tokens(seq: dict) -> Counter:
     """Document tokens of a sequence per document id (from its pieces; separators and padding
     not counted)."""

@@ -38,4 +38,8 @@ def analyze(
         if v["mean"] is not None:
             typer.echo(f"{k:>16}: keyword purity {v['mean']:.3f} over {v['sequences']} keyword "
                        f"sequences, {100 * v['pure_fraction']:.0f}% keyword-pure")
+    for k, v in res["keyword_coverage"].items():
+        typer.echo(f"{k:>16}: {100 * v['with_keyword_share']:.1f}% of {v['documents']} documents "
+                   f"with a keyword, {100 * v['in_shared_keywords_share']:.1f}% in keywords of "
+                   ">= 2 documents")
     typer.echo(f"ordering: {res['ordering_text']}; report: {report / 'report.md'}")

@@ -16,7 +16,7 @@ class SynthOutput:
     method: str
     manifest: dict
     sequences: list[dict]          # without their text
-    docs: dict[str, dict]          # id -> {source, hash, n_tokens, keyword}
+    docs: dict[str, dict]          # id -> {source, hash, n_tokens, keyword, keywords}
     label: str = ""                # unique among the outputs of one report (see unique_labels)
 
     def __post_init__(self):
@@ -55,7 +55,8 @@ def load_output(path: str | Path, label: str = "") -> SynthOutput:
     manifest = json.loads((path / "manifest.json").read_text())
     docs = {}
     for f in sorted((path / "work").glob("docs-*.parquet")):
-        for r in pq.read_table(f, columns=["id", "source", "hash", "n_tokens", "keyword"]).to_pylist():
+        for r in pq.read_table(f, columns=["id", "source", "hash", "n_tokens", "keyword",
+                                           "keywords"]).to_pylist():
             docs.setdefault(r["id"], r)  # an id repeated by a later shard: the first one counts
     return SynthOutput(path, manifest["method"], manifest,
                        list(_iter_sequences(sequence_files(path, manifest))), docs, label)

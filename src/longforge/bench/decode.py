@@ -222,9 +222,14 @@ def prompt_ids(tok, length: int, vocab: int, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def prefill(model, ids: torch.Tensor, extra: int, page_size: int):
-    """Dense prefill into a fresh cache; returns ``(cache, the greedy next token)``."""
-    cache = SparseCache(model, max_len=ids.shape[1] + extra, page_size=page_size)
-    return cache, step(model, cache, ids)
+    """Dense prefill into a fresh cache, in chunks (``evals.runner.prefill``: the mask of a 32K
+    prompt in one forward would be 32K x 32K per layer); returns ``(cache, the greedy next
+    token)``."""
+    from longforge.evals.runner import prefill as chunked
+
+    flat = ids[0].tolist()
+    cache = chunked(model, flat[:-1], len(flat) + extra, track_scores=False, page_size=page_size)
+    return cache, step(model, cache, ids[:, -1:])
 
 
 def real_model_part(s: Settings, stream: common.Stream) -> list[dict]:

@@ -20,7 +20,8 @@ _MODEL = typer.Option("gemma-3-270m", help="Model spec (bundled name, .gguf file
                                            "folder; see docs/models.md).")
 _METHODS = typer.Option(["dense,quest,streaming,h2o"],
                         help="Policies: dense, quest, quest-rank, quest-head (the GQA selection "
-                             "ablations), streaming, h2o (comma-separated or repeated).")
+                             "ablations), streaming, h2o, tova, snapkv (comma-separated or "
+                             "repeated).")
 _BUDGETS = typer.Option(["1/16,1/8,1/4"], help="Token budgets: tokens (512) or fractions of the "
                                                "context length (1/8, rounded to whole pages).")
 _PAGE = typer.Option(16, help="Quest page size (tokens).")
@@ -69,22 +70,28 @@ def _output(task: str, output, out_old) -> Path:
 
 
 def _grid(task: str, model, lengths, depths, trials, methods, budgets, out, tail, max_new,
-          page_size, dense_layers, seed, device, dtype, settings=None, haystack=None):
+          page_size, dense_layers, seed, device, dtype, settings=None, haystack=None,
+          variant="single", needles=4):
     import functools
 
     from longforge.evals import niah, passkey
     from longforge.evals.report import write_report
-    from longforge.evals.runner import run_grid
+    from longforge.evals.runner import numbers_done, run_grid
     from longforge.progress import say
 
-    build = {"passkey": passkey.build,
-             "niah": functools.partial(niah.build, haystack=haystack)}[task]
-    score = {"passkey": passkey.score, "niah": niah.score}[task]
+    if task == "passkey":
+        build, score, free = passkey.build, passkey.score, passkey.needle_free
+    else:
+        build = functools.partial(niah.build, haystack=haystack, variant=variant, needles=needles)
+        score = niah.score
+        free = functools.partial(niah.needle_free, haystack=haystack)
     ms, dense_layers = _methods(methods, budgets), _dense(dense_layers)
     lm = _load(model, device, dtype)
+    stop = numbers_done(lm.tokenizer, needles if variant == "multivalue" else 1)
     run_grid(task, lm.model, lm.tokenizer, build, score, split(lengths, int), split(depths, float),
              trials, ms, out, tail=tail, max_new=max_new, page_size=page_size,
-             dense_layers=dense_layers, seed=seed, settings={"model": model, **(settings or {})})
+             dense_layers=dense_layers, seed=seed, settings={"model": model, **(settings or {})},
+             stop=stop, needle_free=free)
     write_report(out)
     say(f"{task}: tables and heatmaps under {Path(out).resolve()}")
     typer.echo((Path(out) / "summary.md").read_text())
@@ -114,15 +121,31 @@ def niah(model: str = _MODEL, lengths: list[str] = typer.Option(["2048,4096,8192
          output: Path = _OUTPUT, haystack: Path = _HAYSTACK,
          source: str = typer.Option("python-docs", help="Corpus documents of this source only "
                                                         "('' for all)."),
-         tail: int = 64, max_new: int = 12, page_size: int = _PAGE, dense_layers: str = _DENSE,
+         variant: str = typer.Option("single", help="single (one needle), multikey (distractor "
+                                                    "needles with other keys), multivalue (one "
+                                                    "key, several values, all asked for)."),
+         needles: int = typer.Option(4, help="Needles of multikey / multivalue."),
+         tail: int = 64, max_new: int = typer.Option(None, help="Longest answer in tokens "
+                                                               "(default 12; multivalue 12 "
+                                                               "per needle)."),
+         page_size: int = _PAGE, dense_layers: str = _DENSE,
          seed: int = 0, device: str = _DEVICE, dtype: str = _DTYPE, out_old: Path = _OUT_OLD):
-    """RULER-style needle in a haystack of real text per method x budget x length x depth."""
-    from longforge.evals.niah import Haystack
+    """RULER-style needles in a haystack of real text per method x budget x length x depth."""
+    from longforge.evals.niah import VARIANTS, Haystack
 
+    if variant not in VARIANTS:
+        raise typer.BadParameter(f"choose one of {sorted(VARIANTS)}", param_hint="--variant")
+    if needles < 2 and variant != "single":
+        raise typer.BadParameter("multikey and multivalue need at least 2", param_hint="--needles")
+    task = VARIANTS[variant]
     hay = Haystack(str(haystack) if haystack else None, source or None)
-    _grid("niah", model, lengths, depths, trials, methods, budgets,
-          _output("niah", output, out_old), tail, max_new, page_size, dense_layers, seed, device,
-          dtype, {"haystack": hay.describe(), "source": source}, haystack=hay)
+    extra = {"haystack": hay.describe(), "source": source}
+    if variant != "single":
+        extra.update(variant=variant, needles=needles)
+    max_new = max_new or (12 * needles if variant == "multivalue" else 12)
+    _grid(task, model, lengths, depths, trials, methods, budgets, _output(task, output, out_old),
+          tail, max_new, page_size, dense_layers, seed, device, dtype, extra, haystack=hay,
+          variant=variant, needles=needles)
 
 
 @app.command()
@@ -134,6 +157,9 @@ def ppl(model: str = _MODEL,
         output: Path = _OUTPUT,
         haystack: Path = typer.Option(None, help="Text to score (default: the sample corpus)."),
         source: str = typer.Option("python-docs", help="Longest document of this source."),
+        text: str = typer.Option("longest", help="longest (the longest document) or stream (the "
+                                                 "documents concatenated in order, for contexts "
+                                                 "longer than any one document)."),
         page_size: int = _PAGE, dense_layers: str = _DENSE, device: str = _DEVICE,
         dtype: str = _DTYPE, out_old: Path = _OUT_OLD):
     """Perplexity of a long text decoded token by token under each budget."""
@@ -145,9 +171,11 @@ def ppl(model: str = _MODEL,
     hay = Haystack(str(haystack) if haystack else None, source or None)
     ms, dense = _methods(methods, budgets), _dense(dense_layers)
     lm = _load(model, device, dtype)
+    if text not in mod.TEXTS:
+        raise typer.BadParameter(f"choose one of {mod.TEXTS}", param_hint="--text")
     mod.run(lm.model, lm.tokenizer, split(lengths, int), tokens, ms, out, page_size, dense,
             settings={"model": model, "source": source, "haystack": hay.describe()},
-            haystack=hay)
+            haystack=hay, text=text)
     write_report(out)
     typer.echo((Path(out) / "summary.md").read_text())
 

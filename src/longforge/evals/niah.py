@@ -1,9 +1,17 @@
-"""Needle in a haystack, RULER style: a magic-number needle in real text (not passkey filler).
+"""Needle in a haystack, RULER style (Hsieh et al. 2024): magic-number needles in real text.
 
 The haystack is the sample corpus's ``python-docs`` documents (prose: the Python reference
 topics) in file order, or any ``--haystack`` (a ``.jsonl[.gz]`` corpus, optionally filtered by
-``--source``, a text file or a directory of text files), cut to length in tokens; the needle is
-inserted after ``depth`` of it, at the nearest preceding sentence or line end.
+``--source``, a text file or a directory of text files), cut to length in tokens; a needle is
+inserted after ``depth`` of it, at the nearest preceding sentence or line end. Variants:
+
+* ``single`` (task ``niah``): one needle "One of the special magic numbers for {key} is:
+  {value}." at the depth; correct when the value is in the answer.
+* ``multikey`` (task ``niah-multikey``): the needle at the depth plus ``needles - 1`` distractor
+  needles with other keys at seeded random depths; the question asks for the first key's value.
+* ``multivalue`` (task ``niah-multivalue``): ``needles`` needles of the same key with different
+  values, one at the depth, the others at seeded random depths; correct when the answer holds
+  every value.
 """
 from __future__ import annotations
 
@@ -82,18 +90,60 @@ def _boundary(tok, ids, pos: int, window: int = 64) -> int:
     return pos
 
 
-def build(tok, length: int, depth: float, seed: int, haystack: Haystack = SAMPLE) -> tuple[list[int], str]:
+VARIANTS = {"single": "niah", "multikey": "niah-multikey", "multivalue": "niah-multivalue"}
+QUESTION_ALL = ("\nWhat are all the special magic numbers for {key} mentioned in the provided "
+                "text? The special magic numbers for {key} mentioned in the provided text are")
+
+
+def _head(tok) -> list[int]:
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    return bos + tok(INSTRUCTION, add_special_tokens=False).input_ids
+
+
+def needle_free(tok, length: int, haystack: Haystack = SAMPLE) -> list[int]:
+    """The prompt of every sample up to its first needle: instruction + haystack (``length``
+    tokens in all), so that one prefill of it serves every sample (``runner.PrefixBank``)."""
+    head = _head(tok)
+    return head + list(_hay_ids(tok, length - len(head), haystack))
+
+
+def build(tok, length: int, depth: float, seed: int, haystack: Haystack = SAMPLE,
+          variant: str = "single", needles: int = 4) -> tuple[list[int], str | list[str]]:
+    """A prompt of ``length`` tokens and the expected answer (a value, or for ``multivalue`` the
+    list of values)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r}: choose one of {sorted(VARIANTS)}")
     rng = random.Random(seed)
-    key = f"{rng.choice(_ADJ)}-{rng.choice(_NOUN)}"
-    value = str(rng.randint(1_000_000, 9_999_999))
     enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
-    head = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + enc(INSTRUCTION)
-    needle, question = enc(NEEDLE.format(key=key, value=value)), enc(QUESTION.format(key=key))
-    n = length - len(head) - len(needle) - len(question)
+    if variant == "single":
+        key = f"{rng.choice(_ADJ)}-{rng.choice(_NOUN)}"
+        value = str(rng.randint(1_000_000, 9_999_999))
+        placed = [(depth, NEEDLE.format(key=key, value=value))]
+        question, expected = QUESTION.format(key=key), value
+    else:
+        keys = rng.sample([f"{a}-{b}" for a in _ADJ for b in _NOUN],
+                          needles if variant == "multikey" else 1)
+        values = [str(rng.randint(1_000_000, 9_999_999)) for _ in range(needles)]
+        depths = [depth] + [rng.random() for _ in range(needles - 1)]
+        if variant == "multikey":
+            placed = [(d, NEEDLE.format(key=k, value=v)) for d, k, v in zip(depths, keys, values)]
+            question, expected = QUESTION.format(key=keys[0]), values[0]
+        else:
+            placed = [(d, NEEDLE.format(key=keys[0], value=v)) for d, v in zip(depths, values)]
+            question, expected = QUESTION_ALL.format(key=keys[0]), values
+    head, q = _head(tok), enc(question)
+    texts = [(d, enc(t)) for d, t in placed]
+    n = length - len(head) - sum(len(t) for _, t in texts) - len(q)
     hay = list(_hay_ids(tok, n, haystack))
-    pos = _boundary(tok, hay, round(depth * n))
-    return head + hay[:pos] + needle + hay[pos:] + question, value
+    cuts = sorted(((_boundary(tok, hay, round(d * n)), i) for i, (d, _) in enumerate(texts)))
+    ids, prev = list(head), 0
+    for pos, i in cuts:
+        ids += hay[prev:pos] + texts[i][1]
+        prev = pos
+    return ids + hay[prev:] + q, expected
 
 
-def score(text: str, expected: str) -> bool:
+def score(text: str, expected) -> bool:
+    if isinstance(expected, list):
+        return all(v in text for v in expected)
     return expected in text

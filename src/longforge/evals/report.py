@@ -1,6 +1,14 @@
-"""Tables (JSON + Markdown) and depth x length heatmaps from a ``results.jsonl``."""
+"""Tables (JSON + Markdown) and depth x length heatmaps from a ``results.jsonl``.
+
+Accuracies come with a Wilson 95% interval (binomial: how far the true rate of the cell could
+be from the measured one with this many samples) and, for every policy, its paired difference
+from dense on the same samples with a bootstrap 95% interval (``vs_dense``): the samples are the
+same prompts for every method, so the paired difference is tighter than two separate
+intervals."""
 from __future__ import annotations
 
+import math
+import random
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,23 +26,67 @@ def _budget_key(b: str):
     return (2, float(b))
 
 
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion k/n (95% for z = 1.96)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def paired_difference(pairs: list[tuple[float, float]], resamples: int = 2000,
+                      seed: int = 0) -> dict:
+    """Mean of ``a - b`` over paired samples with a seeded bootstrap 95% interval."""
+    diffs = [a - b for a, b in pairs]
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(rng.choice(diffs) for _ in range(n)) / n for _ in range(resamples))
+    return {"difference": sum(diffs) / n, "ci": [means[int(0.025 * resamples)],
+                                                  means[int(0.975 * resamples) - 1]], "n": n}
+
+
 def summarize(rows: list[dict]) -> dict:
-    """Accuracy (or ppl) per method x budget x length x depth, plus per-length and overall."""
+    """Accuracy (or ppl) per method x budget x length x depth, plus per-length and overall;
+    accuracies with their Wilson interval and paired differences from dense."""
     cells, by_len, overall = defaultdict(list), defaultdict(list), defaultdict(list)
+    per_sample = defaultdict(dict)  # (length, depth, trial) -> {(method, budget): value}
+    accuracy = bool(rows) and rows[0]["task"] != "ppl"
     for r in rows:
         v = r["ppl"] if r["task"] == "ppl" else float(r["correct"])
         m = (r["method"], r["budget"])
         cells[(*m, r["length"], r.get("depth"))].append(v)
         by_len[(*m, r["length"])].append(v)
         overall[m].append(v)
+        per_sample[(r["length"], r.get("depth"), r.get("trial"))][m] = v
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+
+    def stat(v):
+        out = {"value": mean(v), "n": len(v)}
+        if accuracy:
+            out["ci"] = list(wilson(sum(v), len(v)))
+        return out
+
+    vs_dense = []
+    if accuracy:
+        for (method, budget, length) in sorted(by_len, key=lambda k: _order((k, None))):
+            if method == "dense":
+                continue
+            pairs = [(vals[(method, budget)], vals[("dense", "-")])
+                     for (L, _, _), vals in per_sample.items()
+                     if L == length and (method, budget) in vals and ("dense", "-") in vals]
+            if pairs:
+                vs_dense.append(dict(method=method, budget=budget, length=length,
+                                     **paired_difference(pairs)))
     return {
-        "cells": [dict(method=k[0], budget=k[1], length=k[2], depth=k[3], value=mean(v), n=len(v))
+        "cells": [dict(method=k[0], budget=k[1], length=k[2], depth=k[3], **stat(v))
                   for k, v in sorted(cells.items(), key=_order)],
-        "by_length": [dict(method=k[0], budget=k[1], length=k[2], value=mean(v), n=len(v))
+        "by_length": [dict(method=k[0], budget=k[1], length=k[2], **stat(v))
                       for k, v in sorted(by_len.items(), key=_order)],
-        "overall": [dict(method=k[0], budget=k[1], value=mean(v), n=len(v))
+        "overall": [dict(method=k[0], budget=k[1], **stat(v))
                     for k, v in sorted(overall.items(), key=_order)],
+        "vs_dense": vs_dense,
     }
 
 
@@ -50,15 +102,37 @@ def markdown(task: str, s: dict) -> str:
                     key=lambda m: (m[0] != "dense", m[0], _budget_key(m[1])))
     val = {(c["method"], c["budget"], c["length"]): c for c in s["by_length"]}
     fmt = (lambda v: f"{v:.3f}") if task == "ppl" else (lambda v: f"{100 * v:.0f}%")
+
+    def cell(c):
+        text = fmt(c["value"]) + f" ({c['n']})"
+        if "ci" in c:
+            text += f" [{100 * c['ci'][0]:.0f}-{100 * c['ci'][1]:.0f}]"
+        return text
+
+    intervals = "" if task == "ppl" else (" and, in brackets, the Wilson 95% interval of the "
+                                          "accuracy")
     lines = [f"# {task}: {metric} per method x budget x context length", "",
              "Budget: tokens attended per KV head per decode step (a fraction is of the context "
-             "length). Cells give the value and, in parentheses, the number of samples.", "",
-             "| method | budget | " + " | ".join(str(L) for L in lengths) + " |",
+             f"length). Cells give the value, in parentheses the number of samples{intervals}.",
+             "", "| method | budget | " + " | ".join(str(L) for L in lengths) + " |",
              "|---|---|" + "---|" * len(lengths)]
     for m in labels:
-        row = [fmt(val[(*m, L)]["value"]) + f" ({val[(*m, L)]['n']})" if (*m, L) in val else ""
-               for L in lengths]
+        row = [cell(val[(*m, L)]) if (*m, L) in val else "" for L in lengths]
         lines.append(f"| {m[0]} | {m[1]} | " + " | ".join(row) + " |")
+    if s.get("vs_dense"):
+        diff = {(d["method"], d["budget"], d["length"]): d for d in s["vs_dense"]}
+        lines += ["", "## difference from dense on the same samples (points, bootstrap 95% "
+                  "interval)", "", "| policy | " + " | ".join(str(L) for L in lengths) + " |",
+                  "|---|" + "---|" * len(lengths)]
+        for m in labels:
+            if m[0] == "dense":
+                continue
+            row = []
+            for L in lengths:
+                d = diff.get((*m, L))
+                row.append("" if d is None else f"{100 * d['difference']:+.0f} "
+                           f"[{100 * d['ci'][0]:+.0f}, {100 * d['ci'][1]:+.0f}]")
+            lines.append(f"| {Method(*m).label} | " + " | ".join(row) + " |")
     if task != "ppl":
         lines += ["", f"## {metric} per depth", "", "| method | budget | length | depth | value | n |",
                   "|---|---|---|---|---|---|"]

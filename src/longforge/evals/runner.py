@@ -67,17 +67,21 @@ def pin_settings(out_dir: Path, settings: dict) -> None:
 
 
 def parse_methods(methods: str, budgets: str) -> list[Method]:
-    """``"dense,quest,h2o"`` x ``"1/8,512"`` -> dense once, every other method at every budget."""
-    out = []
-    for name in [m.strip() for m in methods.split(",") if m.strip()]:
+    """``"dense,quest,h2o"`` x ``"1/8,512"`` -> dense once, every other method at every budget;
+    ``name@budget`` (``"tova@1/16"``) is that method at that budget only."""
+    out: list[Method] = []
+    for item in [m.strip() for m in methods.split(",") if m.strip()]:
+        name, _, own = item.partition("@")
         make_policy(name)  # validates the name
         if name == "dense":
-            out.append(Method("dense"))
+            new = [Method("dense")]
         else:
-            for b in [b.strip() for b in budgets.split(",") if b.strip()]:
+            new = []
+            for b in [own] if own else [b.strip() for b in budgets.split(",") if b.strip()]:
                 if not re.fullmatch(r"\d+(/\d+)?", b):
                     raise ValueError(f"budget {b!r}: give tokens (512) or a fraction (1/8)")
-                out.append(Method(name, b))
+                new.append(Method(name, b))
+        out += [m for m in new if m not in out]
     return out
 
 
@@ -124,13 +128,21 @@ PREFILL_CHUNK = 8192
 
 @torch.no_grad()
 def prefill(model, ids: list[int], max_len: int, track_scores: bool,
-            page_size: int = 16, chunk: int = PREFILL_CHUNK) -> SparseCache:
-    """Dense prefill of ``ids`` into a fresh cache, ``chunk`` tokens per forward (call inside
-    ``sparse_attention(model, ...)``)."""
-    cache = SparseCache(model, max_len=max_len, page_size=page_size, track_scores=track_scores)
-    for s0 in range(0, len(ids), chunk):
-        body(model)(input_ids=torch.tensor([ids[s0:s0 + chunk]], device=model.device),
+            page_size: int = 16, chunk: int = PREFILL_CHUNK, cache: SparseCache | None = None,
+            snapshot_every: int | None = None) -> SparseCache:
+    """Dense prefill of ``ids`` into a fresh cache (or after the tokens ``cache`` holds),
+    ``chunk`` tokens per forward, the forwards aligned to multiples of ``chunk`` from the first
+    token (call inside ``sparse_attention(model, ...)``)."""
+    if cache is None:
+        cache = SparseCache(model, max_len=max_len, page_size=page_size,
+                            track_scores=track_scores, snapshot_every=snapshot_every)
+    done = cache.get_seq_length()
+    s0 = 0
+    while s0 < len(ids):
+        end = min(len(ids), (done + s0) // chunk * chunk + chunk - done)
+        body(model)(input_ids=torch.tensor([ids[s0:end]], device=model.device),
                     **cache_kw(model, cache), use_cache=True)
+        s0 = end
     return cache
 
 
@@ -162,29 +174,60 @@ def decode(model, cache: SparseCache, policy: Policy, tail: list[int], max_new: 
     return out
 
 
+class PrefixBank:
+    """One dense prefill of a needle-free prompt (instruction + haystack), shared by every sample
+    whose prompt starts with the same tokens: a sample copies the bank's first tokens (cut to a
+    multiple of ``align``) and prefills only the rest (the needle and what follows it). Its
+    keys, values, page metadata and (for H2O) prefill attention scores are those a prefill of
+    the same tokens gives (cut at a score snapshot). Only for models whose every layer is full
+    attention; elsewhere each sample is prefilled whole."""
+
+    def __init__(self, model, ids: list[int], page_size: int, track_scores: bool,
+                 align: int = 512, chunk: int = PREFILL_CHUNK):
+        self.ids, self.align = torch.tensor(ids), align
+        self.cache = prefill(model, ids, len(ids), track_scores, page_size, chunk,
+                             snapshot_every=align if track_scores else None)
+
+    def start(self, ids: list[int], max_len: int) -> tuple[SparseCache | None, int]:
+        """``(cache holding the shared prefix, its length)`` for a prompt ``ids``, or (None, 0)."""
+        n = min(len(ids), len(self.ids))
+        same = (torch.tensor(ids[:n]) == self.ids[:n]).int()
+        lcp = int(same.cumprod(0).sum())
+        lcp = lcp // self.align * self.align
+        if lcp == 0:
+            return None, 0
+        return self.cache.prefix(lcp, max_len), lcp
+
+
 def run_sample(model, ids: list[int], methods: list[Method], tail: int, max_new: int,
-               page_size: int, dense_layers: int | str, stop=None, skip=()) -> dict[Method, list[int]]:
-    """One shared dense prefill of ``ids[:-tail]``, then every method's decoder on a copy."""
+               page_size: int, dense_layers: int | str, stop=None, skip=(),
+               bank: PrefixBank | None = None) -> dict[Method, list[int]]:
+    """One shared dense prefill of ``ids[:-tail]`` (from ``bank`` where the prompt starts like
+    it), then every method's decoder on a copy. Methods that are the same policy at the same
+    number of tokens (``1/16`` of 32K and ``2048``) are decoded once."""
     if len(ids) <= tail:
         raise ValueError(f"prompt of {len(ids)} tokens is not longer than the tail ({tail})")
     todo = [m for m in methods if m not in skip]
     if not todo:
         return {}
-    base = prefill(model, ids[:-tail], len(ids) + max_new,
-                   track_scores=any(m.name == "h2o" for m in todo), page_size=page_size)
-    out = {}
+    track = any(m.name == "h2o" for m in todo)
+    body_ids, max_len = ids[:-tail], len(ids) + max_new
+    base, start = bank.start(body_ids, max_len) if bank is not None else (None, 0)
+    base = prefill(model, body_ids[start:], max_len, track, page_size, cache=base)
+    out, done = {}, {}
     for m in todo:
-        cache = copy.deepcopy(base)
-        out[m] = decode(model, cache, m.policy(len(ids), page_size, dense_layers), ids[-tail:],
-                        max_new, stop)
+        key = (m.name, m.tokens(len(ids), page_size))
+        if key not in done:
+            done[key] = decode(model, copy.deepcopy(base),
+                               m.policy(len(ids), page_size, dense_layers), ids[-tail:], max_new,
+                               stop)
+        out[m] = done[key]
     return out
 
 
 def number_done(tokenizer):
     """A stop rule: the output holds a number followed by something else."""
-    def stop(out: list[int]) -> bool:
-        return re.search(r"\d+\D", tokenizer.decode(out, skip_special_tokens=True)) is not None
-    return stop
+    return numbers_done(tokenizer, 1)
 
 
 def first_int(text: str) -> int | None:
@@ -195,14 +238,18 @@ def first_int(text: str) -> int | None:
 def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials: int,
              methods: list[Method], out_dir: Path, tail: int = 64, max_new: int = 12,
              page_size: int = 16, dense_layers: int | str = "auto", seed: int = 0,
-             settings: dict | None = None) -> Results:
+             settings: dict | None = None, stop=None, needle_free=None) -> Results:
     """Every (length, depth, trial) sample through every method; resumable.
 
     ``build(tokenizer, length, depth, rng_seed) -> (ids, expected)``;
     ``score(output_text, expected) -> bool``. ``settings``: what else the results depend on
-    (model, haystack, ...), pinned in ``settings.json`` with the arguments here.
+    (model, haystack, ...), pinned in ``settings.json`` with the arguments here. ``stop``: the
+    greedy decode's stop rule (default: a number followed by something else).
+    ``needle_free(tokenizer, length) -> ids``: the prompt every sample starts with up to its
+    first needle; given, one :class:`PrefixBank` of the longest length serves every sample
+    (models whose every layer is full attention).
     """
-    from longforge.progress import progress
+    from longforge.progress import progress, say
     from longforge.sparse.hf import sparse_attention
     from longforge.sparse.policies import Dense
 
@@ -211,23 +258,46 @@ def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials:
                            "budgets": BUDGET_RULE, "dtype": str(model.dtype), **(settings or {})})
     res = Results(Path(out_dir) / "results.jsonl")
     cells = [(L, d, t) for L in lengths for d in depths for t in range(trials)]
-    stop = number_done(tokenizer)
+    stop = stop or number_done(tokenizer)
+    todo = [c for c in cells if not all(res.done(_row(task, m, *c)) for m in methods)]
+    bank = None
     with sparse_attention(model, Dense()):
+        if needle_free is not None and todo and _all_global(model):
+            say(f"{task}: one dense prefill of the shared instruction + haystack "
+                f"({max(c[0] for c in todo)} tokens) for every sample")
+            bank = PrefixBank(model, needle_free(tokenizer, max(c[0] for c in todo)), page_size,
+                              track_scores=any(m.name == "h2o" for m in methods))
         for L, d, t in progress(cells, desc=task, unit="sample"):
-            rows = {m: dict(task=task, method=m.name, budget=m.budget, length=L, depth=d,
-                            trial=t) for m in methods}
+            rows = {m: _row(task, m, L, d, t) for m in methods}
             skip = {m for m, r in rows.items() if res.done(r)}
             if len(skip) == len(methods):
                 continue
             ids, expected = build(tokenizer, L, d, _seed(seed, task, L, d, t))
             outs = run_sample(model, ids, methods, tail, max_new, page_size, dense_layers,
-                              stop, skip)
+                              stop, skip, bank)
             for m, toks in outs.items():
                 text = tokenizer.decode(toks, skip_special_tokens=True)
                 res.add({**rows[m], "budget_tokens": m.tokens(len(ids), page_size),
                          "context_tokens": len(ids), "expected": expected, "output": text,
                          "correct": bool(score(text, expected))})
     return res
+
+
+def _row(task: str, m: Method, length: int, depth: float, trial: int) -> dict:
+    return dict(task=task, method=m.name, budget=m.budget, length=length, depth=depth,
+                trial=trial)
+
+
+def _all_global(model) -> bool:
+    types = getattr(model.config.get_text_config(), "layer_types", None)
+    return types is None or all(t == "full_attention" for t in types)
+
+
+def numbers_done(tokenizer, n: int):
+    """A stop rule: the output holds ``n`` numbers, the last followed by something else."""
+    def stop(out: list[int]) -> bool:
+        return len(re.findall(r"\d+\D", tokenizer.decode(out, skip_special_tokens=True))) >= n
+    return stop
 
 
 def _seed(seed: int, task: str, length: int, depth: float, trial: int) -> int:

@@ -49,14 +49,19 @@ class PagedLayer(CacheLayerMixin):
 
     Grows (by doubling, a copy) only if more tokens arrive than ``max_len``. With
     ``track_scores`` it also keeps, per KV head and token, the attention it has received
-    (summed over queries and the group's heads), which H2O needs.
+    (summed over queries and the group's heads), which H2O needs; with ``snapshot_every`` N it
+    also keeps a copy of those scores every N prefill queries, so that the cache can be cut back
+    to a prefix with the scores that prefix alone would have given (:meth:`prefix`).
     """
 
     is_sliding = False
 
-    def __init__(self, max_len: int = 0, page_size: int = 16, track_scores: bool = False):
+    def __init__(self, max_len: int = 0, page_size: int = 16, track_scores: bool = False,
+                 snapshot_every: int | None = None):
         super().__init__()
         self.max_len, self.page_size, self.track_scores = max_len, page_size, track_scores
+        self.snapshot_every = snapshot_every
+        self.snapshots: dict[int, torch.Tensor] = {}
         self.store: PagedKV | None = None
         self.scores: torch.Tensor | None = None
         self.state: dict = {}  # per-policy state (H2O's kept set)
@@ -94,6 +99,23 @@ class PagedLayer(CacheLayerMixin):
 
     def get_seq_length(self) -> int:
         return self.store.length if self.is_initialized else 0
+
+    def prefix(self, length: int, max_len: int) -> "PagedLayer":
+        """A new layer holding this one's first ``length`` tokens (a copy, room for
+        ``max_len``): the keys, values and page metadata, and, when scores are tracked, the
+        scores of the first ``length`` queries (``length`` must then be a snapshot point)."""
+        new = PagedLayer(max_len, self.page_size, self.track_scores)
+        k = self.store.k[:, :, :length]
+        new.lazy_initialization(k, k)
+        new.store.k[:, :, :length], new.store.v[:, :, :length] = k, self.store.v[:, :, :length]
+        new.store.set_length(length)
+        new.keys, new.values = new.store.keys(), new.store.values()
+        if self.track_scores:
+            if length not in self.snapshots:
+                raise ValueError(f"no score snapshot at {length} tokens (every "
+                                 f"{self.snapshot_every})")
+            new.scores[..., :length] = self.snapshots[length]
+        return new
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.get_seq_length() + query_length, 0
@@ -138,7 +160,8 @@ class SparseCache(Cache):
     """
 
     def __init__(self, model_or_config, policy=None, max_len: int = 0,
-                 page_size: int | None = None, track_scores: bool | None = None):
+                 page_size: int | None = None, track_scores: bool | None = None,
+                 snapshot_every: int | None = None):
         from transformers.cache_utils import get_layer_types_and_kwargs
 
         config = getattr(model_or_config, "config", model_or_config).get_text_config()
@@ -150,12 +173,23 @@ class SparseCache(Cache):
         self.layer_types = tuple(kinds)
         for kind, kw in zip(kinds, kwargs):
             if kind == "full_attention":
-                layers.append(PagedLayer(max_len, page_size, track))
+                layers.append(PagedLayer(max_len, page_size, track, snapshot_every))
             elif kind in ("sliding_attention", "chunked_attention"):
                 layers.append(DynamicSlidingWindowLayer(**kw))
             else:
                 raise ValueError(f"layer type {kind!r} is not supported by longforge.sparse")
         super().__init__(layers=layers)
+
+    def prefix(self, length: int, max_len: int = 0) -> "SparseCache":
+        """A new cache (same policy) holding this one's first ``length`` tokens, with room for
+        ``max_len``: a prompt that starts with this cache's tokens reuses their prefill. Only
+        for models whose every layer is full attention (a sliding window keeps no prefix)."""
+        if not all(isinstance(layer, PagedLayer) for layer in self.layers):
+            raise ValueError("only caches of full-attention layers can be cut to a prefix")
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.layers = [layer.prefix(length, max_len) for layer in self.layers]
+        return new
 
 
 # ------------------------------------------------------------------ the attention function
@@ -181,20 +215,31 @@ def _key_mask(attention_mask) -> torch.Tensor | None:
 
 def _accumulate_scores(layer: PagedLayer, query, key, attention_mask, scaling, softcap,
                        chunk: int = 256) -> None:
-    """Add the prefill's attention probabilities per key (summed over queries, group heads)."""
+    """Add the prefill's attention probabilities per key (summed over queries, group heads), at
+    most ``chunk`` queries at a time, and snapshot the sums every ``layer.snapshot_every``
+    queries (counted from the first token of the cache)."""
     b, hq, t, d = query.shape
     hkv, L = key.shape[1], key.shape[2]
     qg = query.view(b, hkv, hq // hkv, t, d)
     qpos = torch.arange(L - t, L, device=query.device)
-    for s0 in range(0, t, chunk):
+    every = layer.snapshot_every
+    s0 = 0
+    while s0 < t:
+        end = min(t, s0 + chunk)
+        if every:  # cut at the next snapshot point
+            end = min(end, ((L - t + s0) // every + 1) * every - (L - t))
         if attention_mask is not None:
-            m = attention_mask[:, :, s0:s0 + chunk]
+            m = attention_mask[:, :, s0:end]
             allowed = (m if m.dtype == torch.bool else m == 0)[:, :, None]
         else:
-            allowed = torch.arange(L, device=query.device) <= qpos[s0:s0 + chunk, None]
-        p = probabilities(qg[:, :, :, s0:s0 + chunk], key[:, :, None], allowed, scaling,
+            allowed = torch.arange(L, device=query.device) <= qpos[s0:end, None]
+        p = probabilities(qg[:, :, :, s0:end], key[:, :, None], allowed, scaling,
                           softcap).nan_to_num(0.0)
         layer.scores[:, :, :L] += p.sum(dim=(2, 3))
+        seen = L - t + end  # queries seen so far
+        if every and seen % every == 0:
+            layer.snapshots[seen] = layer.scores[:, :, :seen].clone()
+        s0 = end
 
 
 def sparse_attention_forward(module, query, key, value, attention_mask, scaling=None,

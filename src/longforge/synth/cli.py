@@ -8,7 +8,7 @@ import typer
 from longforge.cli_support import (CPUS_PER_TASK, DEVICE_HELP, EXECUTOR, GPUS_PER_TASK, RAY_ADDRESS,
                                    WORKERS, command, default_output, default_workers, deprecated,
                                    split)
-from longforge.synth.config import SynthConfig
+from longforge.synth.config import DEFAULT_QUERY_SOURCE, SynthConfig
 
 
 @command
@@ -27,8 +27,8 @@ def synth(
     workers: int = WORKERS,
     text_field: str = typer.Option("text"), id_field: str = typer.Option("id"),
     source_field: str = typer.Option("source"),
-    query_source: str = typer.Option("causal", help="causal (LM few-shot) | seq2seq (doc2query) | user (input column) | document (ablation: RAKE on the document)."),
-    predictor: str = typer.Option("gemma-3-270m", help="Query model: spec, HF id or path."),
+    query_source: str = typer.Option(DEFAULT_QUERY_SOURCE, help="causal (LM few-shot) | instruct (chat model, zero-shot) | seq2seq (doc2query) | user (input column) | document (ablation: RAKE on the document)."),
+    predictor: str = typer.Option(None, help="Query model: spec, HF id or path (default: qwen2.5-coder-0.5b-instruct for instruct, else gemma-3-270m)."),
     query_field: str = typer.Option("queries", help="Input column with user queries (string or list)."),
     segment_tokens: int = typer.Option(256, help="Predictor input limit: tokens per segment, one query each."),
     max_segments: int = typer.Option(4, help="Segments per document (first ones); 0 = all."),
@@ -48,6 +48,10 @@ def synth(
     index_kind: str = typer.Option("auto", help="faiss index: auto | flat | ivfpq."),
     iclm_k: int = typer.Option(50, help="kNN graph degree (iclm)."),
     stop_keyword_old: list[str] = typer.Option(None, "--stop-keyword", hidden=True),
+    queries_per_segment: int = typer.Option(0, help="Queries the instruct predictor lists per segment, in one answer (0 = 3; other sources: 1)."),
+    engine: str = typer.Option("hf", help="Query generation: hf (transformers) | llamacpp (the predictor's GGUF through xllamacpp; causal and instruct)."),
+    engine_threads: int = typer.Option(0, help="CPU threads of query generation, torch's (hf) or llama.cpp's (0 = torch's default; on cores other jobs share, 1)."),
+    stop_generic: bool = typer.Option(True, "--stop-generic/--no-stop-generic", help="Also stop the shipped generic keywords (docs/synth.md)."),
     embed_max_tokens: int = typer.Option(0, help="Word pieces embedded per document (knn, iclm); "
                                                  "0 = the model's limit. Fewer is faster (docs/scale.md)."),
     embed_quantize: str = typer.Option("none", help="Embedder weights: none | int8 (CPU; faster, "
@@ -69,13 +73,16 @@ def synth(
             inputs=[str(i) for i in inputs], output=output, method=method,
             context_length=context_length, tokenizer=tokenizer, seed=seed, boundary=boundary,
             group_boundary=group_boundary, fmt=fmt, tokenized=tokenized, num_shards=num_shards,
-            workers=default_workers(workers, executor), text_field=text_field, id_field=id_field, source_field=source_field,
+            workers=default_workers(workers, executor), text_field=text_field,
+            id_field=id_field, source_field=source_field,
             query_source=query_source, predictor=predictor, query_field=query_field,
             segment_tokens=segment_tokens, max_segments=max_segments or None,
             batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
             query_cache=query_cache, split_ratio=split_ratio, max_repeats=max_repeats or None,
             no_keyword=no_keyword, min_score=min_score, min_chars=min_chars, stop_keywords=stops,
             embedder=embedder, knn_k=knn_k, index_kind=index_kind, iclm_k=iclm_k,
+            queries_per_segment=queries_per_segment or None, engine=engine,
+            engine_threads=engine_threads, stop_generic=stop_generic,
             embed_max_tokens=embed_max_tokens or None,
             embed_quantize=None if embed_quantize == "none" else embed_quantize,
             embed_device=embed_device, executor=executor, ray_address=ray_address,

@@ -12,7 +12,15 @@ from longforge.synth.embed import EMBED_QUANTIZE, INDEX_KINDS
 from longforge.synth.pack import BOUNDARIES, GROUP_BOUNDARIES
 
 METHODS = ("quest", "standard", "knn", "iclm", "longdoc")
-QUERY_SOURCES = ("causal", "seq2seq", "user", "document")
+QUERY_SOURCES = ("causal", "seq2seq", "user", "document", "instruct")
+# The query source of a run that names none (benchmarks/synth/bench_queries.py measures the
+# bundled predictors).
+DEFAULT_QUERY_SOURCE = "causal"
+PREDICTED_SOURCES = ("causal", "seq2seq", "instruct")   # the sources a model predicts
+# The predictor of each source unless --predictor names one.
+DEFAULT_PREDICTORS = {"instruct": "qwen2.5-coder-0.5b-instruct"}
+DEFAULT_PREDICTOR = "gemma-3-270m"
+ENGINES = ("hf", "llamacpp")
 NO_KEYWORD_POLICIES = ("drop", "standard")
 FORMATS = ("jsonl", "jsonl.gz", "parquet")
 # (attribute, option named in errors, lowest value) of the integer options; _OPTIONAL may be None.
@@ -24,6 +32,7 @@ _INTEGER_MINIMA = (
     ("seed", "--seed", 0), ("min_chars", "--min-chars", 0), ("knn_k", "--knn-k", 1),
     ("iclm_k", "--iclm-k", 1), ("iclm_walk_k", "iclm_walk_k", 1),
     ("iclm_max_cluster", "iclm_max_cluster", 1), ("iclm_min_cluster", "iclm_min_cluster", 1),
+    ("queries_per_segment", "--queries-per-segment", 1), ("engine_threads", "--engine-threads", 0),
     ("embed_max_tokens", "--embed-max-tokens", 8))
 _OPTIONAL = ("max_segments", "max_repeats", "embed_max_tokens")
 # Settings that change how a run is carried out, not what it writes (left out of the fingerprint).
@@ -31,7 +40,8 @@ _OPTIONAL = ("max_segments", "max_repeats", "embed_max_tokens")
 # Ray executor, with any number of workers, write the same bytes.
 EXECUTION = ("workers", "executor", "ray_address", "cpus_per_task", "gpus_per_task",
              "embed_device")
-RUN_ONLY = ("output", "device", "batch_size", "doc_batch", "query_cache") + EXECUTION
+RUN_ONLY = ("output", "device", "batch_size", "doc_batch", "query_cache",
+            "engine_threads") + EXECUTION
 
 
 @functools.lru_cache(maxsize=4)
@@ -61,8 +71,8 @@ class SynthConfig:
     source_field: str = "source"
     doc_batch: int = 16
     # quest
-    query_source: str = "causal"
-    predictor: str = "gemma-3-270m"
+    query_source: str = DEFAULT_QUERY_SOURCE
+    predictor: str | None = None            # None: DEFAULT_PREDICTORS of the source
     query_field: str = "queries"
     segment_tokens: int = 256
     max_segments: int | None = 4
@@ -85,6 +95,11 @@ class SynthConfig:
     iclm_max_cluster: int = 21
     iclm_min_cluster: int = 3
     iclm_dup_threshold: float = 0.95
+    # query prediction (continued)
+    queries_per_segment: int | None = None  # None: 3 for instruct, 1 for the others
+    engine: str = "hf"                      # hf | llamacpp (causal, instruct)
+    engine_threads: int = 0                 # CPU threads of query generation; 0: torch's
+    stop_generic: bool = True               # also stop keywords.GENERIC_KEYWORDS
     # faster embedding (knn, iclm; docs/scale.md): fewer tokens per document, int8 weights
     embed_max_tokens: int | None = None     # None: the model's own limit (256 for MiniLM)
     embed_quantize: str | None = None       # None or "int8"
@@ -97,6 +112,10 @@ class SynthConfig:
 
     def __post_init__(self):
         self.output = Path(self.output)
+        if self.predictor is None:
+            self.predictor = DEFAULT_PREDICTORS.get(self.query_source, DEFAULT_PREDICTOR)
+        if self.queries_per_segment is None:
+            self.queries_per_segment = 3 if self.query_source == "instruct" else 1
         self.inputs = [str(i) for i in self.inputs]
         self.stop_keywords = list(self.stop_keywords)
         errors = [msg for ok, msg in self._checks() if not ok]
@@ -149,6 +168,30 @@ class SynthConfig:
             yield isinstance(v, str) and bool(v), f"--{name.replace('_', '-')} must be a non-empty string"
         yield (not (self.method == "longdoc" and self.group_boundary == "mix"),
                "longdoc never mixes documents in a sequence; drop --group-boundary mix")
+        yield from self._query_checks(one_of)
+
+    def _query_checks(self, one_of):
+        from longforge.synth.engines import is_gguf_spec, llamacpp_available
+
+        yield one_of(self.engine, "--engine", ENGINES)
+        yield (self.queries_per_segment == 1 or self.query_source == "instruct",
+               "--queries-per-segment applies to --query-source instruct (the few-shot prompt "
+               "and a doc2query model write one query per segment)")
+        if self.engine == "llamacpp":
+            yield (self.query_source in ("causal", "instruct"),
+                   "--engine llamacpp runs the causal and instruct query sources only")
+            yield (not isinstance(self.predictor, str) or is_gguf_spec(self.predictor),
+                   "--engine llamacpp needs a GGUF predictor: a bundled model "
+                   f"(gemma-3-270m, qwen2.5-coder-0.5b-instruct) or a .gguf file, not {self.predictor!r}")
+            yield (llamacpp_available(), "--engine llamacpp needs the xllamacpp package: "
+                   "pip install 'longforge[llamacpp]'")
+
+    def extra_stop_keywords(self) -> list[str]:
+        """The stop keywords added to the paper's list: the user's, and the shipped generic ones
+        unless ``stop_generic`` is off."""
+        from longforge.synth.keywords import GENERIC_KEYWORDS
+
+        return [*self.stop_keywords, *(sorted(GENERIC_KEYWORDS) if self.stop_generic else [])]
 
     @property
     def effective_group_boundary(self) -> str:
@@ -181,10 +224,16 @@ class SynthConfig:
 
     def make_predictor(self, model=None):
         """The query predictor; ``model``: the predictor model, already loaded."""
-        from longforge.synth.queries import CausalLMPredictor, Seq2SeqPredictor
+        import torch
+
+        from longforge.synth.queries import CausalLMPredictor, InstructPredictor, Seq2SeqPredictor
 
         kw = dict(device=self.device, batch_size=self.batch_size,
                   max_new_tokens=self.max_new_tokens, segment_tokens=self.segment_tokens)
+        lm = dict(model=model, engine=self.engine,
+                  threads=self.engine_threads or torch.get_num_threads())
         if self.query_source == "causal":
-            return CausalLMPredictor(self.predictor, model=model, **kw)
+            return CausalLMPredictor(self.predictor, **kw, **lm)
+        if self.query_source == "instruct":
+            return InstructPredictor(self.predictor, self.queries_per_segment, **kw, **lm)
         return Seq2SeqPredictor(self.predictor, **kw)

@@ -24,19 +24,26 @@ def _slice(out: Path) -> Path:
     return atomic_write_text(out / "slice.jsonl", "".join(keep))
 
 
+def demo_config(out: Path, predictor: str = "gemma-3-270m", query_source: str = "causal"):
+    """The demo's synth settings, writing under ``out`` (``out/quest``); tokenized, so that
+    ``longforge export`` can turn the result into training data (docs/export.md)."""
+    from longforge.synth.config import SynthConfig
+
+    return SynthConfig(inputs=[str(_slice(out))], output=out / "quest", method="quest",
+                       predictor=predictor, query_source=query_source, max_segments=1,
+                       segment_tokens=128, context_length=2048, no_keyword="standard",
+                       tokenized=True, query_cache=out / "query-cache", seed=0)
+
+
 def synth_stage(out_dir: Path, model) -> str:
     import shutil
 
-    from longforge.synth.config import SynthConfig
     from longforge.runs import SettingsMismatch
     from longforge.synth.pipeline import run
 
     out = out_dir / "synth"
     spec = model.spec if model.spec in ("gemma-3-270m", "gemma") else "gemma-3-270m"
-    cfg = SynthConfig(inputs=[str(_slice(out))], output=out / "quest", method="quest",
-                      predictor=spec, query_source="causal", max_segments=1, segment_tokens=128,
-                      context_length=2048, no_keyword="standard",
-                      query_cache=out / "query-cache", seed=0)
+    cfg = demo_config(out, spec)
     shared = model if model.spec == spec else None  # the demo's model is the predictor
     try:
         m = run(cfg, shared)

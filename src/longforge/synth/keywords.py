@@ -40,6 +40,24 @@ STOP_KEYWORDS = frozenset([
     "part 1", "current state", "following equation",
 ])
 
+# Generic keywords, stopped by default on top of Table 7 (``--no-stop-generic`` keeps them): on
+# the sample corpus, frequent keywords that name no subject, so they would group unrelated
+# documents ("What is the latest version of X?" for any package X), found the way the paper grew
+# its list: from the most frequent keywords (documents and sources holding them, as
+# `longforge analyze` lists them) of Gemma 3 270M's few-shot queries over the whole corpus,
+# Qwen2.5-Coder-0.5B-Instruct's queries on a sample, and the documents' own keywords.
+GENERIC_KEYWORDS = frozenset([
+    # versions and releases, of whatever package
+    "latest version", "current version", "new version", "version number",
+    "upstream version number", "new upstream release", "new upstream version",
+    "upstream release", "non-maintainer upload",
+    # the text itself rather than its subject
+    "following file", "following code", "following statement", "source code", "code snippet",
+    "given code", "given python code snippet", "python code snippet", "see also",
+    "commit message", "command-line options", "command line options", "options available",
+    "two types", "main tokens",
+])
+
 _SENT = re.compile(r"(?<=[.!?])\s+|(?<=[\u3002\uff01\uff1f])\s*|\n+")  # also CJK 。！？
 _JOINERS = frozenset("'-\u2010.")  # inside a word: don't (also don\u2019t), x-ray, c.d.e, 3.11
 _DELIMITER = "."                          # what any punctuation or symbol becomes for RAKE

@@ -18,6 +18,7 @@ import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -225,15 +226,28 @@ class _Packed:
                 self.usage[group_kw[p.group]] += p.length
 
 
+def pad_id_of(tok) -> int:
+    """The id of the padding tokens of a sequence (``n_pad``): the tokenizer's pad token, or its
+    EOS when it has none."""
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+def document_tokens(tok, output: Path, num_shards: int, shard_of: dict[str, int] | None = None
+                    ) -> _Tokens:
+    """Token ids and offsets of the run's documents, from its text stores under ``work/``
+    (``shard_of``: each id's shard, so that a text is read from its own store only)."""
+    wd = work_dir(output)
+    return _Tokens(tok, read_texts([wd / f"texts-{s:05d}.sqlite" for s in range(num_shards)],
+                                   shard_of))
+
+
 def _write(cfg: SynthConfig, seqs: Iterable[Seq], group_kw: list, source: dict[str, str],
            shard_of: dict[str, int]) -> _Packed:
     """Write each sequence as the packer yields it (streamed: memory does not grow with the
     number of sequences); each text is read from its shard's store (``shard_of``)."""
     tok = cached_tokenizer(cfg.tokenizer)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    wd = work_dir(cfg.output)
-    tokens = _Tokens(tok, read_texts([wd / f"texts-{s:05d}.sqlite" for s in range(cfg.num_shards)],
-                                     shard_of))
+    pad_id = pad_id_of(tok)
+    tokens = document_tokens(tok, cfg.output, cfg.num_shards, shard_of)
     tok_schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("n_pad", pa.int32())])
     packed = _Packed()
     with ShardWriter(cfg.output, "sequences", 0, cfg.fmt, schema=SEQ_SCHEMA) as out, \
@@ -348,7 +362,7 @@ def run(cfg: SynthConfig, model=None) -> dict:
     from longforge.models import check_spec
 
     check_spec(cfg.tokenizer)  # before settings.json: a typo must not pin a run
-    if cfg.method == "quest" and cfg.query_source == "causal" and model is None:
+    if cfg.method == "quest" and cfg.query_source in ("causal", "instruct") and model is None:
         check_spec(cfg.predictor)
     t0 = time.time()
     cfg.output.mkdir(parents=True, exist_ok=True)
@@ -375,7 +389,8 @@ def run(cfg: SynthConfig, model=None) -> dict:
     if cfg.method == "quest":
         _write_index(cfg, info, n_tokens, usage)
         no_kw = sum(k is None for k in docs["keyword"])
-        echo = prompt_echo(cfg, KeywordExtractor(cfg.min_score, cfg.min_chars, cfg.stop_keywords))
+        echo = prompt_echo(cfg, KeywordExtractor(cfg.min_score, cfg.min_chars,
+                                                 cfg.extra_stop_keywords()))
         manifest.extra["quest"] = {
             **{k: v for k, v in info.items() if k not in ("index", "keyword_of_pass")},
             "documents_without_keyword": no_kw, "no_keyword_policy": cfg.no_keyword,

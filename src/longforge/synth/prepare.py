@@ -18,9 +18,9 @@ import pyarrow as pa
 
 from longforge.corpus import Document, Manifest, ShardWriter, read_documents
 from longforge.progress import progress
-from longforge.synth.config import SynthConfig, cached_tokenizer
+from longforge.synth.config import PREDICTED_SOURCES, SynthConfig, cached_tokenizer
 from longforge.synth.keywords import KeywordExtractor, PromptEcho, representative_keyword
-from longforge.synth.queries import FEW_SHOT, content_hash, segment_text
+from longforge.synth.queries import FEW_SHOT, content_hash, parse_queries, segment_text
 
 DOC_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("hash", pa.string()),
                         ("n_tokens", pa.int64()), ("keyword", pa.string()),
@@ -119,9 +119,9 @@ class _Prepare:
         self._doc_counts: dict[str, Counter] = {}  # each document's share of self.counts
         self.quest = cfg.method == "quest"
         self.predictor = self.cache = None
-        self.extractor = KeywordExtractor(cfg.min_score, cfg.min_chars, cfg.stop_keywords)
+        self.extractor = KeywordExtractor(cfg.min_score, cfg.min_chars, cfg.extra_stop_keywords())
         self.echo = prompt_echo(cfg, self.extractor)
-        if self.quest and cfg.query_source in ("causal", "seq2seq"):
+        if self.quest and cfg.query_source in PREDICTED_SOURCES:
             self.predictor = cfg.make_predictor(model)
             from longforge.synth.cache import QueryCache
 
@@ -167,10 +167,24 @@ class _Prepare:
                                       "detail": detail})
         return qs
 
+    def _parse(self, doc_id: str, answers: list[str]) -> list[str]:
+        """The queries of an instruct predictor's answers (one per segment), with the lines
+        post-processing dropped counted by reason."""
+        out = []
+        for a in answers:
+            qs, dropped = parse_queries(a, self.cfg.queries_per_segment)
+            for why, n in dropped.items():
+                self._count(doc_id, f"query_lines_dropped_{why}", n)
+            self._count(doc_id, "answers_without_query", int(not qs))
+            out += qs
+        return out
+
     def _queries(self, docs: list[Document]) -> dict[str, list[str] | None]:
         src = self.cfg.query_source
         if src in ("causal", "seq2seq"):
             return self._predict(docs)
+        if src == "instruct":
+            return {d: self._parse(d, a) for d, a in self._predict(docs).items()}
         if src == "user":
             return {d.id: self._user(d) for d in docs}
         return {d.id: self._segments(d.text) for d in docs}  # "document" ablation
