@@ -61,7 +61,7 @@ def _prepare(cfg: SynthConfig, model=None):
     plan = plan_shards(cfg.inputs, cfg.num_shards)
     for note in plan.notes:
         say(f"note: {note}")
-    if (cfg.executor == "ray" and cfg.method == "quest" and cfg.query_source in ("causal", "seq2seq")
+    if (cfg.executor == "ray" and cfg.method == "quest" and cfg.query_source not in ("user", "document")
             and cfg.query_cache is None):
         say(f"note: the query cache is {cfg.query_cache_dir()} on each node; on a cluster of "
             "several machines give --query-cache a folder on shared storage to share it")
