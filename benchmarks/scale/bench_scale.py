@@ -14,8 +14,9 @@ worker processes (``os.wait4``; Ray workers are not its children and are not cou
 * ``standard``, ``quest-document`` (keywords from the documents: ``--query-source document``),
   ``quest-user`` (keywords from the ``queries`` column, i.e. cached queries), ``knn``, ``iclm``;
 * ``knn-fast``, ``iclm-fast``: the same with the faster embedding route (``--embed-max-tokens
-  128 --embed-quantize int8``), and, when both ran at a size, the agreement of their neighbours
-  with the default's (recall@10 of the exact top-10 over a sample of documents).
+  128 --embed-quantize int8``), ``knn-int8`` and ``knn-128`` with one of the two only; when a
+  variant and its default ran at a size, the agreement of their neighbours (recall@10 of the
+  default's exact top-10 over a sample of documents).
 
 ``--executors local,ray`` runs each method with both executors on the same input and checks
 that the outputs are byte-identical. The checks of the scaling targets are printed at the end:
@@ -50,6 +51,8 @@ METHODS = {
     "iclm": ["--method", "iclm"],
     "knn-fast": ["--method", "knn", "--embed-max-tokens", "128", "--embed-quantize", "int8"],
     "iclm-fast": ["--method", "iclm", "--embed-max-tokens", "128", "--embed-quantize", "int8"],
+    "knn-int8": ["--method", "knn", "--embed-quantize", "int8"],
+    "knn-128": ["--method", "knn", "--embed-max-tokens", "128"],
 }
 GROWTH_TARGET, RSS_TARGET_GB, KEYWORD_TARGET = 1.3, 2.0, 20_000
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
@@ -231,12 +234,13 @@ def main():
             if "ray" in args.executors.split(",") and "local" in args.executors.split(","):
                 same = same_bytes(args.work / f"{method}-local-{n}", args.work / f"{method}-ray-{n}")
                 notes.append(f"{method} at {n}: local and ray outputs byte-identical: {same}")
-        for base in ("knn", "iclm"):
-            if base in methods and f"{base}-fast" in methods:
+        for variant in methods:
+            base = variant.split("-")[0]
+            if base in ("knn", "iclm") and variant != base and base in methods:
                 for ex in args.executors.split(","):
                     rec = neighbour_agreement(args.work / f"{base}-{ex}-{n}",
-                                              args.work / f"{base}-fast-{ex}-{n}")
-                    notes.append(f"{base}-fast at {n} ({ex}): recall@10 of the default's "
+                                              args.work / f"{variant}-{ex}-{n}")
+                    notes.append(f"{variant} at {n} ({ex}): recall@10 of the default's "
                                  f"neighbours {rec:.3f}")
     report = {
         "corpus": "generated from the sentences of the bundled sample corpus "
