@@ -23,6 +23,23 @@ import typer
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines.")
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
 
+# The execution options of every sharded job (docs/scale.md), one spelling for all.
+WORKERS = typer.Option(None, help="Local processes (default 1), or with --executor ray the most "
+                                  "shards in flight (default: as many as the cluster takes).")
+EXECUTOR = typer.Option("local", help="local (this machine) or ray (a Ray cluster; "
+                                      "pip install 'longforge[ray]').")
+RAY_ADDRESS = typer.Option(None, help="Ray cluster to join: auto, host:port or ray://host:port "
+                                      "(default: start a local one for this run).")
+CPUS_PER_TASK = typer.Option(1.0, help="CPUs each shard asks of Ray.")
+GPUS_PER_TASK = typer.Option(0.0, help="GPUs each shard asks of Ray (fractions allowed).")
+
+
+def default_workers(workers: int | None, executor: str) -> int:
+    """``--workers`` when given, else 1 local process, or no cap (0) on Ray."""
+    if workers is not None:
+        return workers
+    return 0 if executor == "ray" else 1
+
 
 def default_output(*parts: str) -> Path:
     """``out/<command>/...``: where a command writes when ``--output`` is not given."""
@@ -61,10 +78,12 @@ def deprecated(new_value, old_value, old: str, new: str, default=None):
 def runtime_errors() -> tuple[type[BaseException], ...]:
     """Errors that stop a run for a reason the user can act on (not a bug, not a usage error)."""
     from longforge.corpus.readers import CorpusError
+    from longforge.executor import ExecutorError
     from longforge.models.errors import ModelFileError, ModelNotFoundError
     from longforge.runs import SettingsMismatch
 
-    return (SettingsMismatch, ModelNotFoundError, ModelFileError, CorpusError, FileNotFoundError)
+    return (SettingsMismatch, ModelNotFoundError, ModelFileError, CorpusError, FileNotFoundError,
+            ExecutorError)
 
 
 def command(fn):

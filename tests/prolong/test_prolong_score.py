@@ -1,8 +1,10 @@
 """The corpus driver and the filter, with a tiny model (records, skips, resume, filter)."""
 import gzip
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from longforge.models import tiny_model
@@ -54,6 +56,7 @@ def _corpus(tmp_path, name="c.jsonl.gz"):
 
 # threshold -1: every pair counts, so that the random tiny model gives distinct LDS values
 SETTINGS = ScoreSettings(model="tiny", chunk_size=C, max_chunks=6, pairs=10, seed=3, threshold=-1.0)
+ONE_BY_ONE = replace(SETTINGS, cross_document=False)  # one scorer call per document: countable
 
 
 def test_score_records_and_manifest(tmp_path, tiny):
@@ -75,7 +78,6 @@ def test_score_records_and_manifest(tmp_path, tiny):
 def test_scores_are_deterministic_and_parquet_works(tmp_path, tiny):
     corpus = _corpus(tmp_path)
     score_corpus(corpus, tmp_path / "a", SETTINGS)
-    from dataclasses import replace
     score_corpus(corpus, tmp_path / "b", replace(SETTINGS, fmt="parquet"), num_shards=3)
     a = sorted(read_scores(tmp_path / "a"), key=lambda r: r["id"])
     b = sorted(read_scores(tmp_path / "b"), key=lambda r: r["id"])
@@ -88,19 +90,19 @@ def test_killed_run_resumes_without_rescoring(tmp_path, tiny):
     corpus = _corpus(tmp_path)
     tiny.fail_after = 3
     with pytest.raises(KeyboardInterrupt):
-        score_corpus(corpus, tmp_path / "out", SETTINGS)
+        score_corpus(corpus, tmp_path / "out", ONE_BY_ONE)
     partial = tmp_path / "out" / "state" / "shard-00000.partial.jsonl"
     done_before = [json.loads(line)["id"] for line in partial.read_text().splitlines()]
     assert len(done_before) == 4  # 3 scored + the too-short one (needs no model)
     with open(partial, "a") as fh:
         fh.write('{"id": "half-writ')  # the line the killed run was writing
     tiny.fail_after, tiny.calls = None, []
-    m = score_corpus(corpus, tmp_path / "out", SETTINGS)
+    m = score_corpus(corpus, tmp_path / "out", ONE_BY_ONE)
     assert len(tiny.calls) == 3  # only the 3 documents not finished before
     assert m["used"] == 6 and m["inputs"] == 8 and not partial.exists()
     assert len(read_scores(tmp_path / "out")) == 7
     tiny.calls = []
-    score_corpus(corpus, tmp_path / "out", SETTINGS)  # finished run: nothing to redo
+    score_corpus(corpus, tmp_path / "out", ONE_BY_ONE)  # finished run: nothing to redo
     assert tiny.calls == []
 
 
@@ -116,17 +118,15 @@ def test_kill_after_a_shard_ends_but_before_it_is_marked_done_loses_nothing(tmp_
 
     monkeypatch.setattr(executor, "atomic_write_json", killed)
     with pytest.raises(KeyboardInterrupt):
-        score_corpus(corpus, tmp_path / "out", SETTINGS)
+        score_corpus(corpus, tmp_path / "out", ONE_BY_ONE)
     assert len(tiny.calls) == 6
     monkeypatch.setattr(executor, "atomic_write_json", real)
     tiny.calls = []
-    m = score_corpus(corpus, tmp_path / "out", SETTINGS)
+    m = score_corpus(corpus, tmp_path / "out", ONE_BY_ONE)
     assert tiny.calls == [] and m["used"] == 6 and len(read_scores(tmp_path / "out")) == 7
 
 
 def test_bad_options_are_refused_before_anything_is_written(tmp_path):
-    from dataclasses import replace
-
     for bad, field in [(dict(fmt="json"), "--format"), (dict(device="gpu"), "--device"),
                        (dict(dtype="fp8"), "dtype"), (dict(batch_tokens=4), "--batch-tokens")]:
         with pytest.raises(ValueError, match=field):
@@ -138,7 +138,7 @@ def test_filter_refuses_an_unfinished_score_run(tmp_path, tiny):
     corpus = _corpus(tmp_path)
     tiny.fail_after = 2
     with pytest.raises(KeyboardInterrupt):
-        score_corpus(corpus, tmp_path / "out", SETTINGS)
+        score_corpus(corpus, tmp_path / "out", ONE_BY_ONE)
     with pytest.raises(ValueError, match="has not finished"):
         filter_corpus(tmp_path / "out", corpus, tmp_path / "kept", keep=0.5)
 
@@ -146,7 +146,6 @@ def test_filter_refuses_an_unfinished_score_run(tmp_path, tiny):
 def test_resume_with_other_settings_is_refused(tmp_path, tiny):
     corpus = _corpus(tmp_path)
     score_corpus(corpus, tmp_path / "out", SETTINGS)
-    from dataclasses import replace
     with pytest.raises(ValueError, match="other settings"):
         score_corpus(corpus, tmp_path / "out", replace(SETTINGS, pairs=11))
 
@@ -221,3 +220,96 @@ def test_demo_stage_with_a_tiny_model(tmp_path):
     m = json.loads((tmp_path / "prolong" / "scores" / "manifest.json").read_text())
     assert m["used"] == m["inputs"] >= 5 and "kept" in line
     assert (tmp_path / "prolong" / "kept" / "part-00000.jsonl").exists()
+
+
+def test_short_documents_batched_together_give_the_numbers_of_one_by_one(tmp_path):
+    from longforge.prolong.reference import ReferenceScorer
+    from longforge.prolong.score import score_documents
+
+    model = tiny_model("tiny-llama")
+    docs = [(f"d{k}", [(k * 31 + t * 7) % 512 for t in range(C * n)], "s")
+            for k, n in enumerate([2, 3, 1, 5, 4, 2])]  # d2: one chunk, too short
+    for scorer in (FastScorer(model, batch_tokens=4096), ReferenceScorer(model, batch_size=3)):
+        calls = []
+        real = scorer.perplexities
+        scorer.perplexities = lambda *a: calls.append(a) or real(*a)
+        alone = [score_documents([d], scorer, SETTINGS)[0] for d in docs]
+        together = score_documents(docs, scorer, SETTINGS)
+        assert len(calls) == 5 + 1  # one call per scored document, then one for all of them
+        chunks, pi, pj = calls[-1]
+        single, pair = real(chunks, pi, pj)
+        one = [real(*c) for c in calls[:-1]]
+        # a batch changes where a chunk is, not what it computes: equal up to float rounding
+        np.testing.assert_allclose(single, np.concatenate([s for s, _ in one]), rtol=1e-5)
+        np.testing.assert_allclose(pair, np.concatenate([p for _, p in one]), rtol=1e-5)
+        for a, t in zip(alone, together):  # strength = 1 - pair / single amplifies the rounding
+            assert {k: v for k, v in a.items() if not isinstance(v, float)} == \
+                {k: v for k, v in t.items() if not isinstance(v, float)}
+            assert {k: pytest.approx(v, rel=1e-3) for k, v in a.items() if isinstance(v, float)} == \
+                {k: v for k, v in t.items() if isinstance(v, float)}
+    assert alone[2]["skip"] == "too_short" and all(r["lds"] is not None for r in alone[:2])
+
+
+def test_groups_depend_only_on_the_documents():
+    from longforge.prolong.score import document_groups
+
+    s = replace(SETTINGS, batch_tokens=6 * C)  # 6 chunks per forward
+    sizes = [2, 3, 1, 7, 2, 2, 2, 0]  # chunks (1 and 0: too short, no chunk scored)
+    items = [(k, [0] * (C * n)) for k, n in enumerate(sizes)]
+    assert [[k for k, _ in g] for g in document_groups(items, s)] == [[0, 1, 2], [3], [4, 5, 6, 7]]
+    one_by_one = replace(s, cross_document=False)
+    assert [[k for k, _ in g] for g in document_groups(items, one_by_one)] == [[k] for k in range(8)]
+
+
+def test_a_resumed_batched_run_writes_the_bytes_of_an_uninterrupted_one(tmp_path, tiny):
+    corpus = _corpus(tmp_path, "c.jsonl")
+    s = replace(SETTINGS, batch_tokens=8 * C)
+    score_corpus(corpus, tmp_path / "whole", s)
+    tiny.calls, tiny.fail_after = [], 1
+    with pytest.raises(KeyboardInterrupt):
+        score_corpus(corpus, tmp_path / "out", s)
+    tiny.fail_after = None
+    score_corpus(corpus, tmp_path / "out", s)
+    assert ((tmp_path / "out" / "scores-00000.jsonl").read_bytes()
+            == (tmp_path / "whole" / "scores-00000.jsonl").read_bytes())
+
+
+def test_an_id_repeated_by_a_later_shard_is_dropped_from_its_scores(tmp_path, tiny):
+    corpus = _corpus(tmp_path, "c.jsonl")
+    with open(corpus, "a") as fh:
+        fh.write(json.dumps({"id": "d0", "text": "z" * (C * 3)}) + "\n")
+    one = score_corpus(corpus, tmp_path / "one", SETTINGS)
+    m = score_corpus(corpus, tmp_path / "out", SETTINGS, num_shards=3)
+    assert m["skipped_by_reason"] == one["skipped_by_reason"] == {"duplicate_id": 1,
+                                                                   "invalid_json": 1}
+    assert [s["location"] for s in m["skips"]] == [s["location"] for s in one["skips"]]
+    assert (m["used"], m["dropped_by_reason"], m["scored_tokens"]) == (
+        one["used"], one["dropped_by_reason"], one["scored_tokens"])
+    recs = read_scores(tmp_path / "out")
+    assert sorted(r["id"] for r in recs) == sorted(r["id"] for r in read_scores(tmp_path / "one"))
+    again = score_corpus(corpus, tmp_path / "out", SETTINGS, num_shards=3)  # a finished run
+    assert {**again, "seconds_last_run_per_shard": 0} == {**m, "seconds_last_run_per_shard": 0}
+
+
+def test_filter_keeps_the_top_fraction_of_each_length_bucket(tmp_path, tiny):
+    from longforge.prolong.filter import bucket_of, parse_buckets, select_by_length
+
+    recs = [{"id": f"s{k}", "lds": v, "n_tokens": 100, "n_chunks": 2} for k, v in enumerate([1, 2, 3, 4])]
+    recs += [{"id": f"l{k}", "lds": v, "n_tokens": 5000, "n_chunks": 40} for k, v in enumerate([50, 60])]
+    kept, report = select_by_length(recs, 0.5, [1024])
+    assert kept == {"s3", "s2", "l1"}  # a global top half would keep l0, l1, s3
+    assert report == {"0-1023 tokens": {"scored": 4, "kept": 2, "lds_cutoff": 3},
+                      "1024+ tokens": {"scored": 2, "kept": 1, "lds_cutoff": 60}}
+    assert bucket_of(recs[0], "chunks") == "2 chunks" and parse_buckets(["chunks"]) == "chunks"
+    for bad in (["0"], ["4096", "1024"], ["many"]):
+        with pytest.raises(ValueError, match="--length-buckets"):
+            parse_buckets(bad)
+    corpus = _corpus(tmp_path)
+    score_corpus(corpus, tmp_path / "scores", SETTINGS)
+    m = filter_corpus(tmp_path / "scores", corpus, tmp_path / "kept", keep=0.5,
+                      length_buckets="chunks")
+    assert m["lds_cutoff"] is None and m["used"] == sum(b["kept"] for b in m["buckets"].values())
+    assert all(b["kept"] == -(-b["scored"] // 2) for b in m["buckets"].values())
+    with pytest.raises(ValueError, match="goes with --keep"):
+        filter_corpus(tmp_path / "scores", corpus, tmp_path / "t", threshold=1.0,
+                      length_buckets=[1024])

@@ -57,7 +57,7 @@ def load_output(path: str | Path, label: str = "") -> SynthOutput:
     for f in sorted((path / "work").glob("docs-*.parquet")):
         for r in pq.read_table(f, columns=["id", "source", "hash", "n_tokens", "keyword",
                                            "keywords"]).to_pylist():
-            docs[r["id"]] = r
+            docs.setdefault(r["id"], r)  # an id repeated by a later shard: the first one counts
     return SynthOutput(path, manifest["method"], manifest,
                        list(_iter_sequences(sequence_files(path, manifest))), docs, label)
 

@@ -7,6 +7,9 @@ Skip at the line where reading stopped, and the run goes on with the next file. 
 folder, files that are neither JSONL nor Parquet are read as text documents (source code,
 manual pages, ...; a binary file is an ``undecodable`` Skip). Only the set of ids seen is kept
 in memory (to catch duplicate ids); texts stream.
+
+Shards: :func:`read_documents` with ``num_shards > 1`` reads only its shard's parts of the
+input (:mod:`longforge.corpus.shards`), so that K shards read the corpus once in total.
 """
 from __future__ import annotations
 
@@ -18,49 +21,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from longforge.corpus.document import Document, Skip
-
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz")
-PARQUET_SUFFIXES = (".parquet",)
-TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
-
-
-class CorpusError(ValueError):
-    """Input that cannot be read at all (missing file, unknown format)."""
-
-
-def _kind(path: Path) -> str | None:
-    name = path.name.lower()
-    if name.endswith(JSONL_SUFFIXES):
-        return "jsonl"
-    if name.endswith(PARQUET_SUFFIXES):
-        return "parquet"
-    if name.endswith(TEXT_SUFFIXES):
-        return "text"
-    return None
-
-
-def iter_input_files(inputs: str | Path | Iterable[str | Path]) -> list[tuple[Path, Path]]:
-    """Expand inputs into sorted ``(file, root)`` pairs; ``root`` is the folder given."""
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    files: list[tuple[Path, Path]] = []
-    for item in inputs:
-        p = Path(item)
-        if not p.exists():
-            raise CorpusError(f"{p}: no such file or folder")
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-            if not found:
-                raise CorpusError(f"{p}: folder holds no files")
-            files.extend((f, p) for f in found)
-        elif _kind(p) is None:
-            raise CorpusError(f"{p}: unknown corpus format (expected one of "
-                              f"{JSONL_SUFFIXES + PARQUET_SUFFIXES + TEXT_SUFFIXES}, or a "
-                              "folder, whose other files are read as text)")
-        else:
-            files.append((p, p.parent))
-    return files
-
+from longforge.corpus.files import (JSONL_SUFFIXES, PARQUET_SUFFIXES, TEXT_SUFFIXES,  # noqa: F401
+                                    CorpusError, Part, iter_input_files, kind_of)
 
 def _unreadable(path: Path, line: int, exc: BaseException) -> Skip:
     return Skip(f"{path}:{line}", "unreadable",
@@ -68,12 +30,22 @@ def _unreadable(path: Path, line: int, exc: BaseException) -> Skip:
                 "records after it, if any, are lost")
 
 
-def _jsonl_records(path: Path, fields: dict[str, str]) -> Iterator[Document | Skip]:
+def _jsonl_records(path: Path, fields: dict[str, str], start: int = 0, end: int | None = None,
+                   first: int = 1) -> Iterator[Document | Skip]:
+    """The records of the lines that start in bytes ``[start, end)``, the first numbered
+    ``first`` (a byte range of a plain file only; a gzipped file is read whole)."""
     opener = gzip.open if path.name.endswith(".gz") else open
-    lineno = 0
+    lineno = first - 1
     try:
         with opener(path, "rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
+            if start:
+                fh.seek(start)
+            pos = start
+            for lineno, raw in enumerate(fh, start=first):
+                if end is not None and pos >= end:
+                    lineno -= 1
+                    break
+                pos += len(raw)
                 loc = f"{path}:{lineno}"
                 if not raw.strip():
                     continue  # blank lines are not records
@@ -96,13 +68,18 @@ def _jsonl_records(path: Path, fields: dict[str, str]) -> Iterator[Document | Sk
         yield _unreadable(path, lineno + 1, exc)
 
 
-def _parquet_records(path: Path, fields: dict[str, str]) -> Iterator[Document | Skip]:
+def _parquet_records(path: Path, fields: dict[str, str], start: int = 0, end: int | None = None,
+                     first: int = 1) -> Iterator[Document | Skip]:
+    """The rows of row groups ``[start, end)`` (all when ``end`` is None and ``start`` 0), the
+    first numbered ``first``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    row = 0
+    row = first - 1
     try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        pf = pq.ParquetFile(path)
+        groups = None if (start, end) == (0, None) else list(range(start, end or pf.num_row_groups))
+        for batch in pf.iter_batches(batch_size=1024, row_groups=groups):
             try:
                 rows = batch.to_pylist()
             except UnicodeDecodeError:  # a string that is not UTF-8: find it row by row
@@ -171,22 +148,34 @@ def _from_record(rec: dict, loc: str, fields: dict[str, str]) -> Document | Skip
                     meta={**(meta or {}), **extra}, location=loc)
 
 
+def duplicate_skip(location: str, doc_id: str, id_field: str = "id") -> Skip:
+    """The skip of a document whose id an earlier document of the input already has."""
+    return Skip(location, "duplicate_id", f"id '{doc_id}' was already used by an earlier document",
+                id=doc_id, field=id_field)
+
+
 def read_corpus(inputs, *, text_field: str = "text", id_field: str = "id",
-                source_field: str = "source") -> Iterator[Document | Skip]:
+                source_field: str = "source", parts: list[Part] | None = None
+                ) -> Iterator[Document | Skip]:
     """Yield a Document or a Skip for every input record, in a stable order.
 
     Records without an id get ``<file>:<line>``, the file's path relative to the folder given
     (so two folders' ``data.jsonl`` do not collide). A repeated id is skipped
-    (``duplicate_id``) and the first occurrence is kept.
+    (``duplicate_id``) and the first occurrence is kept. ``parts``: read only these parts of the
+    input files (one shard's, from :func:`longforge.corpus.shards.plan_shards`).
     """
     fields = {"text": text_field, "id": id_field, "source": source_field}
+    if parts is None:
+        parts = [Part(str(p), str(r)) for p, r in iter_input_files(inputs)]
     seen: set[str] = set()
-    for path, root in iter_input_files(inputs):
-        kind = _kind(path)
+    for part in parts:
+        path, root = Path(part.path), Path(part.root)
+        kind = kind_of(path)
         if kind == "jsonl":
-            records: Iterable[Document | Skip] = _jsonl_records(path, fields)
+            records: Iterable[Document | Skip] = _jsonl_records(path, fields, part.start,
+                                                                part.end, part.first)
         elif kind == "parquet":
-            records = _parquet_records(path, fields)
+            records = _parquet_records(path, fields, part.start, part.end, part.first)
         else:  # a text file, or any other file inside a folder
             records = [_text_record(path, root)]
         for item in records:
@@ -195,25 +184,30 @@ def read_corpus(inputs, *, text_field: str = "text", id_field: str = "id",
                     rel = path.relative_to(root).as_posix()
                     item.id = f"{rel}:{item.location.rsplit(':', 1)[1]}"
                 if item.id in seen:
-                    item = Skip(item.location, "duplicate_id",
-                                f"id '{item.id}' was already used by an earlier document",
-                                id=item.id, field=id_field)
+                    item = duplicate_skip(item.location, item.id, id_field)
                 else:
                     seen.add(item.id)
             yield item
 
 
 def read_documents(inputs, manifest=None, *, shard: int = 0, num_shards: int = 1,
-                   **fields) -> Iterator[Document]:
+                   plan=None, **fields) -> Iterator[Document]:
     """Stream usable documents; skips go to ``manifest`` (if given).
 
-    With ``num_shards > 1`` only every ``num_shards``-th record (by position) is kept for this
-    shard; each record, usable or not, belongs to exactly one shard, so shards together
-    account for every input exactly once.
+    With ``num_shards > 1`` only this shard's parts of the input are read (``plan``, from
+    :func:`longforge.corpus.shards.plan_shards`; planned here when not given): the shards
+    together read every input record exactly once, in input order when taken in shard order.
+    A duplicate id is caught inside a shard; one that repeats an id of an earlier shard is for
+    the step that merges the shards to drop (:func:`duplicate_skip`).
     """
-    for n, item in enumerate(read_corpus(inputs, **fields)):
-        if n % num_shards != shard:
-            continue
+    parts = None
+    if num_shards > 1 or plan is not None:
+        if plan is None:
+            from longforge.corpus.shards import plan_shards
+
+            plan = plan_shards(inputs, num_shards)
+        parts = plan[shard]
+    for item in read_corpus(inputs, parts=parts, **fields):
         if isinstance(item, Skip):
             if manifest is not None:
                 manifest.skip(item)

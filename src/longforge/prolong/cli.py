@@ -5,7 +5,9 @@ from pathlib import Path
 
 import typer
 
-from longforge.cli_support import DEVICE_HELP, command, default_output, deprecated
+from longforge.cli_support import (CPUS_PER_TASK, DEVICE_HELP, EXECUTOR, GPUS_PER_TASK, RAY_ADDRESS,
+                                   WORKERS, command, default_output, default_workers, deprecated,
+                                   split)
 from longforge.progress import say
 
 
@@ -26,10 +28,16 @@ def score(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16."),
     batch_tokens: int = typer.Option(4096, help="Tokens per forward pass."),
+    cross_document: bool = typer.Option(True, "--cross-document/--per-document",
+                                        help="Score short documents several per forward pass "
+                                             "(the same numbers up to float rounding; docs/prolong.md)."),
     format: str = typer.Option("jsonl", help="Output format: jsonl, jsonl.gz, parquet."),
     num_shards: int = typer.Option(1, help="Output shards (units of parallelism and resume)."),
-    workers: int = typer.Option(1, help="Processes (each loads the model)."),
-    executor: str = typer.Option("local", help="local or ray."),
+    workers: int = WORKERS,
+    executor: str = EXECUTOR, ray_address: str = RAY_ADDRESS,
+    cpus_per_task: float = CPUS_PER_TASK,
+    gpus_per_task: float = typer.Option(0.0, help="GPUs each shard asks of Ray (1: each scoring "
+                                                  "task gets a GPU; fractions share one)."),
     input_old: list[Path] = typer.Option(None, "--input", "-i", hidden=True),
 ):
     """ProLong Long Dependency Score of every document (docs/prolong.md)."""
@@ -41,15 +49,22 @@ def score(
     output = output or default_output("score")
     s = ScoreSettings(model=model, chunk_size=chunk_size, max_chunks=max_chunks, pairs=pairs,
                       threshold=threshold, seed=seed, path=path, device=device, dtype=dtype,
-                      batch_tokens=batch_tokens, fmt=format)
+                      batch_tokens=batch_tokens, fmt=format, cross_document=cross_document)
+    from longforge.executor import check_options
+
+    workers = default_workers(workers, executor)
     try:
         s.check()
-        if num_shards < 1 or workers < 1:
-            raise ValueError("--num-shards and --workers must be at least 1")
+        if num_shards < 1:
+            raise ValueError("--num-shards must be at least 1")
+        errors = check_options(executor, workers, cpus_per_task, gpus_per_task)
+        if errors:
+            raise ValueError("; ".join(errors))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     m = score_corpus([str(p) for p in inputs], output, s, num_shards=num_shards, workers=workers,
-                     executor=executor)
+                     executor=executor, ray_address=ray_address, cpus_per_task=cpus_per_task,
+                     gpus_per_task=gpus_per_task)
     typer.echo(f"scored {m['used']} of {m['inputs']} input documents "
                f"(dropped {m['dropped_by_reason']}, skipped {m['skipped_by_reason']}); "
                f"scores in {output}")
@@ -63,6 +78,9 @@ def filter_cmd(
     output: Path = typer.Option(None, "--output", "-o", help="Output folder (default out/filter)."),
     keep: float = typer.Option(None, help="Keep this top fraction by LDS (paper: 0.5)."),
     threshold: float = typer.Option(None, help="Keep documents with LDS >= this instead."),
+    length_buckets: list[str] = typer.Option(None, help="Keep the top fraction within length "
+                                                        "buckets: 'chunks' (one per chunk count) "
+                                                        "or token-count edges, e.g. 1024,4096."),
     corpus_old: list[Path] = typer.Option(None, "--corpus", hidden=True),
 ):
     """Keep the documents with the highest LDS; writes the input's format plus a manifest."""
@@ -75,9 +93,11 @@ def filter_cmd(
     if keep is None and threshold is None:
         keep = 0.5
     try:
-        m = filter_corpus(scores, [str(p) for p in corpus], output, keep=keep, threshold=threshold)
+        m = filter_corpus(scores, [str(p) for p in corpus], output, keep=keep, threshold=threshold,
+                          length_buckets=split(length_buckets) or None)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    say(f"LDS cutoff {m['lds_cutoff']}")
+    for bucket, b in (m.get("buckets") or {"all lengths": {"lds_cutoff": m["lds_cutoff"]}}).items():
+        say(f"LDS cutoff {b['lds_cutoff']} ({bucket})")
     typer.echo(f"kept {m['used']} of {m['inputs']} input documents "
                f"(dropped {m['dropped_by_reason']}); output in {output}")

@@ -9,7 +9,15 @@ Layout of the output folder::
     state/                   shard-<n>.json when a shard is done; shard-<n>.partial.jsonl while
                              it runs (one line per finished document, appended as it finishes,
                              so a killed run resumes without redoing finished documents; the
-                             scores file is written from it, streaming, when the shard ends)
+                             scores file is written from it, streaming, when the shard ends);
+                             duplicates.json: documents dropped because an earlier shard has
+                             their id
+
+Each shard reads its own part of the input (:func:`longforge.corpus.plan_shards`) and runs on
+the executor chosen (local processes or a Ray cluster: docs/scale.md). Short documents are
+scored several at a time (``cross_document``): their chunks share the forward passes, up to
+``batch_tokens`` tokens, and the groups depend only on the input, never on what a resumed run
+had already done, so a resumed or retried shard scores each group as the first run did.
 
 The model is loaded once per process (:func:`loaded`), or passed in by a caller that holds one
 (``score_corpus(..., model=lm)``, in-process executors only).
@@ -23,11 +31,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from longforge.corpus import Manifest, ShardWriter, read_documents
-from longforge.executor import make_executor
+import numpy as np
+
+from longforge.corpus import (Manifest, ShardWriter, atomic_write_json, duplicate_skip,
+                              input_order, plan_shards, read_documents)
+from longforge.executor import check_options, make_executor
 from longforge.models import check_spec
 from longforge.progress import progress, say
-from longforge.runs import RunFolder
+from longforge.runs import RunFolder, SettingsMismatch
 from longforge.prolong.lds import doc_rng, long_dependency_score, make_chunks, sample_pairs
 
 FORMATS = ("jsonl", "jsonl.gz", "parquet")
@@ -49,6 +60,7 @@ class ScoreSettings:
     dtype: str = "auto"
     batch_tokens: int = 4096      # tokens per forward (fast); pairs per forward = this // chunk
     fmt: str = "jsonl"
+    cross_document: bool = True   # short documents share forwards (up to batch_tokens tokens)
 
     def check(self) -> None:
         if self.chunk_size < 2:
@@ -97,22 +109,63 @@ def make_scorer(model, settings: ScoreSettings):
 def score_document(doc_id: str, token_ids, scorer, s: ScoreSettings, source=None) -> dict:
     """One output record. Documents with fewer than two whole chunks get ``lds = None`` and
     ``skip = "too_short"`` (never a silent zero)."""
-    n_avail = len(token_ids) // s.chunk_size
-    rec = dict.fromkeys(SCORE_FIELDS)
-    rec.update(id=doc_id, source=source, n_tokens=len(token_ids),
-               n_chunks=min(n_avail, s.max_chunks), pairs_total=0, pairs_scored=0,
-               pairs_above_threshold=0, pairs_nonfinite=0)
-    if n_avail < 2:
-        rec["skip"] = "too_short"
-        return rec
-    rng = doc_rng(s.seed, doc_id)
-    chunks = make_chunks(token_ids, s.chunk_size, s.max_chunks, rng)
-    pi, pj = sample_pairs(len(chunks), s.pairs, rng)
-    single, pair = scorer.perplexities(chunks, pi, pj)
-    res = long_dependency_score(single, pi, pj, pair, max_chunks=s.max_chunks,
-                                threshold=s.threshold)
-    rec.update(asdict(res), pairs_total=len(chunks) * (len(chunks) - 1) // 2)
-    return rec
+    return score_documents([(doc_id, token_ids, source)], scorer, s)[0]
+
+
+def n_chunks(n_tokens: int, s: ScoreSettings) -> int:
+    """Chunks a document of ``n_tokens`` tokens is scored on (0: too short to score)."""
+    n = n_tokens // s.chunk_size
+    return min(n, s.max_chunks) if n >= 2 else 0
+
+
+def score_documents(items, scorer, s: ScoreSettings) -> list[dict]:
+    """The records of several documents (``(id, token_ids, source)`` each) from one call of the
+    scorer: their chunks and pairs are concatenated (pair indices offset to each document's
+    chunks), which changes which forward pass a chunk or a pair is in, not what it computes.
+    Chunks and pairs are sampled per document, from its own seeded generator, as for one."""
+    recs, jobs = [], []
+    for doc_id, ids, source in items:
+        rec = dict.fromkeys(SCORE_FIELDS)
+        rec.update(id=doc_id, source=source, n_tokens=len(ids),
+                   n_chunks=min(len(ids) // s.chunk_size, s.max_chunks), pairs_total=0,
+                   pairs_scored=0, pairs_above_threshold=0, pairs_nonfinite=0)
+        recs.append(rec)
+        if not n_chunks(len(ids), s):
+            rec["skip"] = "too_short"
+            continue
+        rng = doc_rng(s.seed, doc_id)
+        chunks = make_chunks(ids, s.chunk_size, s.max_chunks, rng)
+        jobs.append((rec, chunks, *sample_pairs(len(chunks), s.pairs, rng)))
+    if not jobs:
+        return recs
+    first = np.cumsum([0] + [len(c) for _, c, _, _ in jobs])
+    single, pair = scorer.perplexities(np.concatenate([c for _, c, _, _ in jobs]),
+                                       np.concatenate([pi + o for (_, _, pi, _), o in zip(jobs, first)]),
+                                       np.concatenate([pj + o for (_, _, _, pj), o in zip(jobs, first)]))
+    p = 0
+    for (rec, chunks, pi, pj), o in zip(jobs, first):
+        res = long_dependency_score(single[o:o + len(chunks)], pi, pj, pair[p:p + len(pi)],
+                                    max_chunks=s.max_chunks, threshold=s.threshold)
+        p += len(pi)
+        rec.update(asdict(res), pairs_total=len(chunks) * (len(chunks) - 1) // 2)
+    return recs
+
+
+def document_groups(items, s: ScoreSettings):
+    """Consecutive documents (``(doc, token_ids)`` pairs) in groups scored together: with
+    ``cross_document``, as many as fit ``batch_tokens // chunk_size`` chunks (a longer document
+    alone), else one document each. The groups depend only on the documents, in order."""
+    rows = s.batch_tokens // s.chunk_size if s.cross_document else 0
+    group, used = [], 0
+    for doc, ids in items:
+        c = n_chunks(len(ids), s)
+        if group and (used + c > rows or not rows):
+            yield group
+            group, used = [], 0
+        group.append((doc, ids))
+        used += c
+    if group:
+        yield group
 
 
 @functools.lru_cache(maxsize=1)
@@ -162,6 +215,7 @@ class ScoreTask:
     settings: ScoreSettings
     threads: int = 0
     model: object = None  # a LoadedModel to score with instead of loading settings.model
+    plan: object = None   # the ShardPlan of the input (longforge.corpus.shards)
 
     def _model_and_scorer(self):
         if self.model is None:
@@ -178,49 +232,132 @@ class ScoreTask:
         log = partial_log(out, shard)
         log.parent.mkdir(parents=True, exist_ok=True)
         done = _resume_log(log)
-        manifest, t0, tokens = Manifest(), time.time(), 0
+        manifest, t0 = Manifest(), time.time()
         with open(log, "a", encoding="utf-8") as fh:  # finished documents, in input order
-            docs = read_documents(self.inputs, manifest, shard=shard, num_shards=num_shards)
-            for doc in progress(docs, desc=f"score shard {shard}", unit="doc"):
-                if doc.id in done:
+            docs = read_documents(self.inputs, manifest, shard=shard, num_shards=num_shards,
+                                  plan=self.plan)
+            docs = progress(docs, desc=f"score shard {shard}", unit="doc")
+            for group in document_groups(self._tokenized(docs), s):
+                if all(doc.id in done for doc, _ in group):
                     continue
-                lm, scorer = self._model_and_scorer()
-                ids = lm.tokenizer(doc.text, add_special_tokens=False)["input_ids"]
-                vocab = lm.model.config.vocab_size
-                if ids and max(ids) >= vocab:
-                    raise ValueError(f"{doc.location}: the tokenizer of {s.model!r} gives "
-                                     f"token id {max(ids)} >= the model's vocabulary {vocab}")
-                rec = score_document(doc.id, ids, scorer, s, source=doc.source)
-                fh.write(json.dumps(rec, sort_keys=True) + "\n")
+                _, scorer = self._model_and_scorer()
+                recs = score_documents([(d.id, ids, d.source) for d, ids in group], scorer, s)
+                fh.write("".join(json.dumps({**rec, "location": d.location}, sort_keys=True) + "\n"
+                                 for (d, _), rec in zip(group, recs) if d.id not in done))
                 fh.flush()
-        # the scores file, streamed from the log (the log goes once the shard is marked done)
-        with ShardWriter(out, "scores", shard, s.fmt, schema=_schema()) as w, \
-                open(log, encoding="utf-8") as fh:
-            for line in fh:
-                rec = json.loads(line)
-                w.write(rec)
-                if rec["skip"]:
-                    manifest.drop(rec["skip"])
-                else:
-                    manifest.used += 1
-                    tokens += rec["n_chunks"] * s.chunk_size
+        # the scores file, streamed from the log (the log goes once the run's manifest is written)
+        tokens = write_scores(out, shard, s, _records(log), manifest)
         return {"manifest": manifest.to_dict(), "seconds": time.time() - t0,
-                "scored_tokens": tokens, "resumed_documents": len(done)}
+                "scored_tokens": tokens, "resumed_documents": len(done),
+                "parts": self.plan.record(shard) if self.plan is not None else None}
+
+    def _tokenized(self, docs):
+        for doc in docs:
+            lm, _ = self._model_and_scorer()
+            ids = lm.tokenizer(doc.text, add_special_tokens=False)["input_ids"]
+            vocab = lm.model.config.vocab_size
+            if ids and max(ids) >= vocab:
+                raise ValueError(f"{doc.location}: the tokenizer of {self.settings.model!r} gives "
+                                 f"token id {max(ids)} >= the model's vocabulary {vocab}")
+            yield doc, ids
+
+
+def _records(path: Path):
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            yield json.loads(line)
+
+
+def write_scores(out: Path, shard: int, s: ScoreSettings, records, manifest: Manifest | None = None,
+                 exclude: set[str] = frozenset()) -> int:
+    """Write ``scores-<shard>`` (atomically) from ``records``, leaving out the ids in
+    ``exclude``; count used and dropped documents into ``manifest``; the tokens scored."""
+    tokens = 0
+    with ShardWriter(out, "scores", shard, s.fmt, schema=_schema()) as w:
+        for rec in records:
+            if rec["id"] in exclude:
+                continue
+            w.write({k: rec.get(k) for k in SCORE_FIELDS})
+            if rec["skip"]:
+                if manifest is not None:
+                    manifest.drop(rec["skip"])
+            else:
+                if manifest is not None:
+                    manifest.used += 1
+                tokens += rec["n_chunks"] * s.chunk_size
+    return tokens
 
 
 def partial_log(out: Path, shard: int) -> Path:
     return RunFolder(out, "score").state / f"shard-{shard:05d}.partial.jsonl"
 
 
+def _shard_records(out: Path, shard: int, s: ScoreSettings):
+    """A finished shard's records: from its log while it is kept, else from its scores file."""
+    log = partial_log(out, shard)
+    if log.exists():
+        return _records(log)
+    return iter(read_scores(out / f"scores-{shard:05d}.{s.fmt}"))
+
+
+def _cross_shard_duplicates(run: RunFolder, s: ScoreSettings, num_shards: int) -> list[dict]:
+    """Documents whose id an earlier shard already has (the first occurrence in input order
+    wins, as with one reader): ``{shard, id, location, skip, n_chunks}`` each. Kept in
+    ``state/duplicates.json``, so that a rerun accounts them the same way after their records
+    were taken out of the scores files."""
+    path = run.state / "duplicates.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    seen: set[str] = set()
+    dups = []
+    for shard in range(num_shards):
+        for rec in _shard_records(run.path, shard, s):
+            if rec["id"] in seen:
+                dups.append({"shard": shard, "id": rec["id"], "location": rec.get("location"),
+                             "skip": rec["skip"], "n_chunks": rec["n_chunks"]})
+            seen.add(rec["id"])
+    atomic_write_json(path, dups)
+    return dups
+
+
+def _drop_duplicates(run: RunFolder, s: ScoreSettings, dups: list[dict], manifest: Manifest,
+                     files: list[str]) -> int:
+    """Take ``dups`` out of their shards' scores files and account them as one reader would
+    (``duplicate_id`` skips, listed with every skip in input order); the tokens they had."""
+    tokens = 0
+    for shard in sorted({d["shard"] for d in dups}):
+        ids = {d["id"] for d in dups if d["shard"] == shard}
+        records = list(_shard_records(run.path, shard, s))  # read whole: the file is rewritten
+        write_scores(run.path, shard, s, records, exclude=ids)
+    for d in dups:
+        manifest.read -= 1
+        manifest.skips.append(duplicate_skip(d["location"] or "?", d["id"]))
+        if d["skip"]:
+            manifest.dropped[d["skip"]] -= 1
+        else:
+            manifest.used -= 1
+            tokens += d["n_chunks"] * s.chunk_size
+    manifest.dropped = +manifest.dropped
+    order = input_order(files)
+    manifest.skips.sort(key=lambda sk: order(sk.location))
+    return tokens
+
+
 def score_corpus(inputs, output, settings: ScoreSettings = ScoreSettings(), *,
-                 num_shards: int = 1, workers: int = 1, executor: str = "local",
-                 model=None) -> dict:
+                 num_shards: int = 1, workers: int | None = None, executor: str = "local",
+                 model=None, ray_address: str | None = None, cpus_per_task: float = 1.0,
+                 gpus_per_task: float = 0.0) -> dict:
     """Score every document; return the manifest (also written to ``output/manifest.json``).
 
-    ``model``: a ``LoadedModel`` to score with (it must be ``settings.model``); only with the
-    local executor and one worker, which run in this process."""
+    ``executor``, ``workers``, ``ray_address``, ``cpus_per_task``, ``gpus_per_task``: how the
+    shards run (:func:`longforge.executor.make_executor`; docs/scale.md). ``model``: a
+    ``LoadedModel`` to score with (it must be ``settings.model``); only with the local executor
+    and one worker, which run in this process."""
     settings.check()
-    if model is not None and (executor != "local" or workers != 1):
+    errors = check_options(executor, workers, cpus_per_task, gpus_per_task)
+    if errors:
+        raise ValueError("; ".join(errors))
+    if model is not None and (executor != "local" or (workers or 1) != 1):
         raise ValueError("a loaded model can only be used in this process: executor local, "
                          "one worker")
     out = Path(output)
@@ -231,19 +368,34 @@ def score_corpus(inputs, output, settings: ScoreSettings = ScoreSettings(), *,
     run = RunFolder(out, "score", legacy_state="_state")
     if run.pin(wanted):
         say(f"resuming the run in {out}")
-    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
-    task = ScoreTask(inputs, str(out), settings, threads, model)
-    results = make_executor(executor, workers, run.state, desc="score shards").run(task, num_shards)
-    for shard in range(num_shards):  # every shard is marked done now: its log has served
-        partial_log(out, shard).unlink(missing_ok=True)
+    plan = plan_shards(inputs, num_shards)
+    for note in plan.notes:
+        say(f"note: {note}")
+    ex = make_executor(executor, workers, run.state, desc="score shards", ray_address=ray_address,
+                       cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task)
+    stale = plan.stale(ex.finished(num_shards))
+    if stale:
+        raise SettingsMismatch(f"{out}: finished shards {stale} were made from other parts of the "
+                               "input than it splits into now (its files changed, or an older "
+                               "longforge split it otherwise): choose another --output")
+    local_workers = workers or 1
+    threads = max(1, (os.cpu_count() or 1) // local_workers) if (
+        executor == "local" and local_workers > 1) else 0
+    task = ScoreTask(inputs, str(out), settings, threads, model, plan)
+    results = ex.run(task, num_shards)
     manifest = Manifest()
     for r in results:
         manifest.merge(Manifest.from_dict(r["manifest"]))
+    dups = _cross_shard_duplicates(run, settings, num_shards)
+    dup_tokens = _drop_duplicates(run, settings, dups, manifest, plan.files)
     manifest.extra = {"settings": wanted, "shards": num_shards,
-                      "scored_tokens": sum(r["scored_tokens"] for r in results),
+                      "scored_tokens": sum(r["scored_tokens"] for r in results) - dup_tokens,
                       "outputs": sorted(p.name for p in out.glob(f"scores-*.{settings.fmt}")),
-                      "seconds_last_run_per_shard": [round(r["seconds"], 3) for r in results]}
+                      "seconds_last_run_per_shard": [round(r["seconds"], 3) for r in results],
+                      "executor": ex.describe()}
     run.write_manifest(manifest.to_dict())
+    for shard in range(num_shards):  # the manifest is written: the logs have served
+        partial_log(out, shard).unlink(missing_ok=True)
     return manifest.to_dict()
 
 

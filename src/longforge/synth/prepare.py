@@ -24,7 +24,10 @@ from longforge.synth.queries import FEW_SHOT, content_hash, parse_queries, segme
 
 DOC_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("hash", pa.string()),
                         ("n_tokens", pa.int64()), ("keyword", pa.string()),
-                        ("keywords", pa.list_(pa.string())), ("queries", pa.list_(pa.string()))])
+                        ("keywords", pa.list_(pa.string())), ("queries", pa.list_(pa.string())),
+                        # where the document was read, and what it added to the run's counts (JSON):
+                        # the merge step needs both to drop a duplicate of an earlier shard's id
+                        ("location", pa.string()), ("counts", pa.string())])
 EXAMPLE_QUESTIONS = {q for _, q in FEW_SHOT}
 
 
@@ -58,12 +61,14 @@ class TextStore:
         os.replace(self.tmp, self.path)
 
 
-def read_texts(paths: list[Path]):
-    """A ``get(id) -> text`` over the shard stores."""
+def read_texts(paths: list[Path], shard_of=None):
+    """A ``get(id) -> text`` over the shard stores: the first store (in shard order) that has
+    the id, or with ``shard_of`` (id -> index into ``paths``) that one store only, so that a
+    lookup costs one query however many shards there are."""
     dbs = [sqlite3.connect(f"file:{p}?mode=ro", uri=True) for p in paths]
 
     def get(doc_id: str) -> str:
-        for db in dbs:
+        for db in ([dbs[shard_of[doc_id]]] if shard_of is not None else dbs):
             row = db.execute("SELECT text FROM docs WHERE id = ?", (doc_id,)).fetchone()
             if row:
                 return row[0]
@@ -97,19 +102,21 @@ def _user_queries(doc: Document, field: str) -> tuple[list[str] | None, str | No
 class PrepareTask:
     cfg: SynthConfig
     model: object = None  # the loaded predictor (LoadedModel), when the caller holds it
+    plan: object = None   # the ShardPlan of the input (longforge.corpus.shards)
 
     def __call__(self, shard: int, num_shards: int) -> dict:
-        return _Prepare(self.cfg, shard, num_shards, self.model).run()
+        return _Prepare(self.cfg, shard, num_shards, self.model, self.plan).run()
 
 
 class _Prepare:
-    def __init__(self, cfg: SynthConfig, shard: int, num_shards: int, model=None):
-        self.cfg, self.shard, self.num_shards = cfg, shard, num_shards
+    def __init__(self, cfg: SynthConfig, shard: int, num_shards: int, model=None, plan=None):
+        self.cfg, self.shard, self.num_shards, self.plan = cfg, shard, num_shards, plan
         self.tok = cached_tokenizer(cfg.tokenizer)
         self.manifest = Manifest()
         self.counts: Counter = Counter()       # a function of the inputs and settings: manifest
         self.run_counts: Counter = Counter()   # depend on the cache's state: timings.json
         self.query_issues: list[dict] = []
+        self._doc_counts: dict[str, Counter] = {}  # each document's share of self.counts
         self.quest = cfg.method == "quest"
         self.predictor = self.cache = None
         self.extractor = KeywordExtractor(cfg.min_score, cfg.min_chars, cfg.extra_stop_keywords())
@@ -123,7 +130,8 @@ class _Prepare:
         if cfg.method in ("knn", "iclm"):
             from longforge.synth.embed import load_embedder
 
-            self.embedder = load_embedder(cfg.embedder)
+            self.embedder = load_embedder(cfg.embedder, cfg.embed_device, cfg.embed_max_tokens,
+                                          cfg.embed_quantize)
 
     # ------------------------------------------------------------ queries
     def _segments(self, text: str) -> list[str]:
@@ -144,25 +152,30 @@ class _Prepare:
         return {d.id: [self.cache.get(hashes[d.id], i) for i in range(len(segs[d.id]))]
                 for d in docs}
 
+    def _count(self, doc_id: str, key: str, n: int = 1) -> None:
+        self.counts[key] += n
+        if n:
+            self._doc_counts.setdefault(doc_id, Counter())[key] += n
+
     def _user(self, doc: Document) -> list[str] | None:
         qs, reason, detail = _user_queries(doc, self.cfg.query_field)
         if qs is None:
-            self.counts[f"documents_with_{reason}" if reason else "documents_without_user_queries"] += 1
+            self._count(doc.id, f"documents_with_{reason}" if reason else "documents_without_user_queries")
         if reason:
             self.query_issues.append({"location": doc.location, "id": doc.id,
                                       "field": self.cfg.query_field, "reason": reason,
                                       "detail": detail})
         return qs
 
-    def _parse(self, answers: list[str]) -> list[str]:
+    def _parse(self, doc_id: str, answers: list[str]) -> list[str]:
         """The queries of an instruct predictor's answers (one per segment), with the lines
         post-processing dropped counted by reason."""
         out = []
         for a in answers:
             qs, dropped = parse_queries(a, self.cfg.queries_per_segment)
             for why, n in dropped.items():
-                self.counts[f"query_lines_dropped_{why}"] += n
-            self.counts["answers_without_query"] += not qs
+                self._count(doc_id, f"query_lines_dropped_{why}", n)
+            self._count(doc_id, "answers_without_query", int(not qs))
             out += qs
         return out
 
@@ -171,19 +184,19 @@ class _Prepare:
         if src in ("causal", "seq2seq"):
             return self._predict(docs)
         if src == "instruct":
-            return {d: self._parse(a) for d, a in self._predict(docs).items()}
+            return {d: self._parse(d, a) for d, a in self._predict(docs).items()}
         if src == "user":
             return {d.id: self._user(d) for d in docs}
         return {d.id: self._segments(d.text) for d in docs}  # "document" ablation
 
-    def _keywords(self, queries: list[str]) -> list[str]:
+    def _keywords(self, doc_id: str, queries: list[str]) -> list[str]:
         kept = [q for q in queries if q and q not in EXAMPLE_QUESTIONS]
-        self.counts["queries_echoing_prompt_example"] += sum(q in EXAMPLE_QUESTIONS for q in queries)
-        self.counts["queries_empty"] += sum(not q for q in queries)
+        self._count(doc_id, "queries_echoing_prompt_example", sum(q in EXAMPLE_QUESTIONS for q in queries))
+        self._count(doc_id, "queries_empty", sum(not q for q in queries))
         kws = self.extractor.document_keywords(kept)
         if self.echo is not None:
             echoes = [k for k in kws if self.echo(k)]
-            self.counts["keywords_echoing_prompt_example"] += len(echoes)
+            self._count(doc_id, "keywords_echoing_prompt_example", len(echoes))
             kws = [k for k in kws if k not in echoes]
         return kws
 
@@ -193,17 +206,20 @@ class _Prepare:
         rows = []
         for d in docs:
             qs = queries.get(d.id)
-            kws = self._keywords(qs or []) if self.quest else []
+            kws = self._keywords(d.id, qs or []) if self.quest else []
+            counts = self._doc_counts.pop(d.id, None)
             rows.append({"id": d.id, "source": d.source, "hash": content_hash(d.text),
                          "n_tokens": len(self.tok(d.text, add_special_tokens=False)["input_ids"]),
                          "keyword": representative_keyword(kws, self.cfg.seed, d.id),
-                         "keywords": kws, "queries": qs or []})
+                         "keywords": kws, "queries": qs or [], "location": d.location,
+                         "counts": json.dumps(counts, sort_keys=True) if counts else None})
         return rows
 
     def _batches(self):
         batch: list[Document] = []
         docs = read_documents(self.cfg.inputs, self.manifest, shard=self.shard,
-                              num_shards=self.num_shards, text_field=self.cfg.text_field,
+                              num_shards=self.num_shards, plan=self.plan,
+                              text_field=self.cfg.text_field,
                               id_field=self.cfg.id_field, source_field=self.cfg.source_field)
         for doc in progress(docs, desc=f"prepare shard {self.shard}", unit="doc"):
             batch.append(doc)
@@ -239,4 +255,5 @@ class _Prepare:
             self.cache.close()
         return {"manifest": json.loads(json.dumps(self.manifest.to_dict())),
                 "counts": dict(self.counts), "run_counts": dict(self.run_counts),
-                "query_issues": self.query_issues}
+                "query_issues": self.query_issues,
+                "parts": self.plan.record(self.shard) if self.plan is not None else None}
