@@ -1,4 +1,4 @@
-"""Throughput of `longforge synth` on this machine's CPU (run under the heavy-job lock):
+"""Throughput of `longforge synth` on this machine's CPU (run it alone on the machine):
 
 * keywords + index: documents/s of the quest prepare step (read, tokenize with the target
   tokenizer, RAKE + filters, representative keyword, text store) plus the inverted index, with
