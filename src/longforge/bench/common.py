@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import statistics
 import time
 from dataclasses import fields
@@ -103,5 +104,6 @@ def command_line(name: str, settings) -> str:
         value = getattr(settings, f.name)
         if isinstance(value, (list, tuple)):
             value = ",".join(map(str, value))
-        parts.append(f"--{f.name.replace('_', '-')} {value}")
+        option = "--output" if f.name == "out" else f"--{f.name.replace('_', '-')}"
+        parts.append(f"{option} {shlex.quote(str(value))}")
     return " ".join(parts)
