@@ -9,11 +9,11 @@
 """
 from longforge.corpus.document import Document, Skip
 from longforge.corpus.manifest import Manifest
-from longforge.corpus.readers import (CorpusError, duplicate_skip, iter_input_files, read_corpus,
+from longforge.corpus.readers import (CorpusError, account_duplicates, duplicate_skip, iter_input_files, read_corpus,
                                       read_documents)
 from longforge.corpus.shards import ShardPlan, input_order, plan_shards
 from longforge.corpus.writers import ShardWriter, atomic_write_json, atomic_write_text, write_documents
 
 __all__ = ["Document", "Skip", "Manifest", "CorpusError", "read_documents", "read_corpus",
-           "iter_input_files", "duplicate_skip", "plan_shards", "ShardPlan", "input_order",
+           "iter_input_files", "duplicate_skip", "account_duplicates", "plan_shards", "ShardPlan", "input_order",
            "ShardWriter", "write_documents", "atomic_write_json", "atomic_write_text"]

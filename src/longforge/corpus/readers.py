@@ -43,7 +43,6 @@ def _jsonl_records(path: Path, fields: dict[str, str], start: int = 0, end: int 
             pos = start
             for lineno, raw in enumerate(fh, start=first):
                 if end is not None and pos >= end:
-                    lineno -= 1
                     break
                 pos += len(raw)
                 loc = f"{path}:{lineno}"
@@ -152,6 +151,19 @@ def duplicate_skip(location: str, doc_id: str, id_field: str = "id") -> Skip:
     """The skip of a document whose id an earlier document of the input already has."""
     return Skip(location, "duplicate_id", f"id '{doc_id}' was already used by an earlier document",
                 id=doc_id, field=id_field)
+
+
+def account_duplicates(manifest, dups, files: list[str], id_field: str = "id") -> None:
+    """Account documents a shard read but the merge dropped because an earlier shard has their
+    id (``dups``: ``(location, id)`` pairs), as one reader would have: not read twice, a
+    ``duplicate_id`` skip at each one's location, and every skip listed in input order."""
+    from longforge.corpus.shards import input_order
+
+    for location, doc_id in dups:
+        manifest.read -= 1
+        manifest.skips.append(duplicate_skip(location or "?", doc_id, id_field))
+    order = input_order(files)
+    manifest.skips.sort(key=lambda sk: order(sk.location))
 
 
 def read_corpus(inputs, *, text_field: str = "text", id_field: str = "id",

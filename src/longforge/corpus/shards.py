@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longforge.corpus.files import Part, iter_input_files, kind_of
+from longforge.runs import SettingsMismatch
 
 _BLOCK = 64 << 20  # bytes counted per slice of the newline scan
 
@@ -52,6 +53,16 @@ class ShardPlan:
         return sorted(s for s, r in results.items()
                       if r.get("parts") != self.record(s)
                       and not ("parts" not in r and self.num_shards == 1))
+
+    def check_resume(self, results: dict[int, dict], output) -> None:
+        """Refuse to resume ``output`` when one of its finished shards (``results``, from
+        completion markers) read other parts of the input than this plan gives it."""
+        stale = self.stale(results)
+        if stale:
+            raise SettingsMismatch(
+                f"{output}: finished shards {stale} were made from other parts of the input than "
+                "it splits into now (its files changed, or an older longforge split it otherwise): "
+                "choose another --output")
 
 
 def _splittable(path: Path) -> bool:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from longforge.cli_support import (CPUS_PER_TASK, DEVICE_HELP, EXECUTOR, GPUS_PER_TASK, RAY_ADDRESS,
+from longforge.cli_support import (CPUS_PER_TASK, DEVICE_HELP, EXECUTOR, RAY_ADDRESS,
                                    WORKERS, command, default_output, default_workers, deprecated,
                                    split)
 from longforge.progress import say

@@ -33,12 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from longforge.corpus import (Manifest, ShardWriter, atomic_write_json, duplicate_skip,
-                              input_order, plan_shards, read_documents)
+from longforge.corpus import (Manifest, ShardWriter, account_duplicates, atomic_write_json,
+                              plan_shards, read_documents)
 from longforge.executor import check_options, make_executor
 from longforge.models import check_spec
 from longforge.progress import progress, say
-from longforge.runs import RunFolder, SettingsMismatch
+from longforge.runs import RunFolder
 from longforge.prolong.lds import doc_rng, long_dependency_score, make_chunks, sample_pairs
 
 FORMATS = ("jsonl", "jsonl.gz", "parquet")
@@ -329,17 +329,14 @@ def _drop_duplicates(run: RunFolder, s: ScoreSettings, dups: list[dict], manifes
         ids = {d["id"] for d in dups if d["shard"] == shard}
         records = list(_shard_records(run.path, shard, s))  # read whole: the file is rewritten
         write_scores(run.path, shard, s, records, exclude=ids)
+    account_duplicates(manifest, [(d["location"], d["id"]) for d in dups], files)
     for d in dups:
-        manifest.read -= 1
-        manifest.skips.append(duplicate_skip(d["location"] or "?", d["id"]))
         if d["skip"]:
             manifest.dropped[d["skip"]] -= 1
         else:
             manifest.used -= 1
             tokens += d["n_chunks"] * s.chunk_size
     manifest.dropped = +manifest.dropped
-    order = input_order(files)
-    manifest.skips.sort(key=lambda sk: order(sk.location))
     return tokens
 
 
@@ -373,11 +370,7 @@ def score_corpus(inputs, output, settings: ScoreSettings = ScoreSettings(), *,
         say(f"note: {note}")
     ex = make_executor(executor, workers, run.state, desc="score shards", ray_address=ray_address,
                        cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task)
-    stale = plan.stale(ex.finished(num_shards))
-    if stale:
-        raise SettingsMismatch(f"{out}: finished shards {stale} were made from other parts of the "
-                               "input than it splits into now (its files changed, or an older "
-                               "longforge split it otherwise): choose another --output")
+    plan.check_resume(ex.finished(num_shards), out)
     local_workers = workers or 1
     threads = max(1, (os.cpu_count() or 1) // local_workers) if (
         executor == "local" and local_workers > 1) else 0

@@ -24,14 +24,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from longforge.corpus import (Manifest, ShardPlan, ShardWriter, atomic_write_json, duplicate_skip,
-                              input_order, plan_shards)
+from longforge.corpus import (Manifest, ShardPlan, ShardWriter, account_duplicates,
+                              atomic_write_json, plan_shards)
 from longforge.corpus.document import Skip
 from longforge.executor import make_executor
 from longforge.progress import progress, say
-from longforge.runs import RunFolder, SettingsMismatch
+from longforge.runs import RunFolder
 from longforge.synth import baselines
-from longforge.synth.config import EXECUTION, SynthConfig, cached_tokenizer
+from longforge.synth.config import EXECUTION, PREDICTED_SOURCES, SynthConfig, cached_tokenizer
 from longforge.synth.pack import Packer, Seq
 from longforge.synth.keywords import KeywordExtractor
 from longforge.synth.prepare import PrepareTask, prompt_echo, read_texts, work_dir
@@ -61,19 +61,14 @@ def _prepare(cfg: SynthConfig, model=None):
     plan = plan_shards(cfg.inputs, cfg.num_shards)
     for note in plan.notes:
         say(f"note: {note}")
-    if (cfg.executor == "ray" and cfg.method == "quest" and cfg.query_source not in ("user", "document")
+    if (cfg.executor == "ray" and cfg.method == "quest" and cfg.query_source in PREDICTED_SOURCES
             and cfg.query_cache is None):
         say(f"note: the query cache is {cfg.query_cache_dir()} on each node; on a cluster of "
             "several machines give --query-cache a folder on shared storage to share it")
     ex = make_executor(cfg.executor, cfg.workers, cfg.output / "state" / "prepare", desc="prepare",
                        ray_address=cfg.ray_address, cpus_per_task=cfg.cpus_per_task,
                        gpus_per_task=cfg.gpus_per_task)
-    stale = plan.stale(ex.finished(cfg.num_shards))
-    if stale:
-        raise SettingsMismatch(
-            f"{cfg.output}: finished shards {stale} were made from other parts of the input than "
-            "it splits into now (its files changed, or an older longforge split it otherwise): "
-            "choose another --output")
+    plan.check_resume(ex.finished(cfg.num_shards), cfg.output)
     return ex.run(PrepareTask(cfg, model, plan), cfg.num_shards), plan, ex
 
 
@@ -93,9 +88,9 @@ def _load_docs(cfg: SynthConfig):
     cols: dict[str, list] = {k: [] for k in DOC_COLUMNS}
     rows, shards, dups, base = [], [], [], 0
     for s in range(cfg.num_shards):
-        table = pq.read_table(wd / f"docs-{s:05d}.parquet")
-        extra = [c for c in ("location", "counts") if c in table.schema.names]
-        t = table.select(list(DOC_COLUMNS) + extra).to_pydict()
+        path = wd / f"docs-{s:05d}.parquet"
+        extra = [c for c in ("location", "counts") if c in pq.read_schema(path).names]
+        t = pq.read_table(path, columns=list(DOC_COLUMNS) + extra).to_pydict()
         for i, doc in enumerate(t["id"]):
             if doc in seen:
                 dups.append({"id": doc, **{c: t[c][i] for c in extra}})
@@ -105,7 +100,7 @@ def _load_docs(cfg: SynthConfig):
                 cols[k].append(t[k][i])
             rows.append(base + i)
             shards.append(s)
-        base += table.num_rows
+        base += len(t["id"])
     del seen
     order = sorted(range(len(cols["id"])), key=cols["id"].__getitem__)
     docs = {k: [v[i] for i in order] for k, v in cols.items()}
@@ -324,13 +319,11 @@ def _drop_duplicates(cfg: SynthConfig, plan: ShardPlan, dups: list[dict], manife
     """Account the documents dropped because an earlier shard has their id (as one reader
     would have: a ``duplicate_id`` skip at their location, nothing they added to the counts or
     the query issues), and list every skip in input order; the issues left."""
+    account_duplicates(manifest, [(d.get("location"), d["id"]) for d in dups], plan.files,
+                       cfg.id_field)
     for d in dups:
-        manifest.read -= 1
-        manifest.skips.append(duplicate_skip(d.get("location") or "?", d["id"], cfg.id_field))
         counts.subtract(json.loads(d.get("counts") or "{}"))
     gone = {d.get("location") for d in dups}
-    order = input_order(plan.files)
-    manifest.skips.sort(key=lambda sk: order(sk.location))
     return [i for i in issues if i.get("location") not in gone]
 
 
