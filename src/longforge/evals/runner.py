@@ -262,7 +262,7 @@ def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials:
     todo = [c for c in cells if not all(res.done(_row(task, m, *c)) for m in methods)]
     bank = None
     with sparse_attention(model, Dense()):
-        if needle_free is not None and todo and _all_global(model):
+        if needle_free is not None and todo and all(k == "full_attention" for k in SparseCache.layer_kinds(model)):
             say(f"{task}: one dense prefill of the shared instruction + haystack "
                 f"({max(c[0] for c in todo)} tokens) for every sample")
             bank = PrefixBank(model, needle_free(tokenizer, max(c[0] for c in todo)), page_size,
@@ -286,11 +286,6 @@ def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials:
 def _row(task: str, m: Method, length: int, depth: float, trial: int) -> dict:
     return dict(task=task, method=m.name, budget=m.budget, length=length, depth=depth,
                 trial=trial)
-
-
-def _all_global(model) -> bool:
-    types = getattr(model.config.get_text_config(), "layer_types", None)
-    return types is None or all(t == "full_attention" for t in types)
 
 
 def numbers_done(tokenizer, n: int):

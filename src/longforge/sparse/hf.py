@@ -151,6 +151,14 @@ class PagedLayer(CacheLayerMixin):
                          .repeat_interleave(repeats))
 
 
+def _layer_specs(model_or_config):
+    """``(kinds, kwargs)`` of the model's layers as transformers builds its cache."""
+    from transformers.cache_utils import get_layer_types_and_kwargs
+
+    return get_layer_types_and_kwargs(getattr(model_or_config, "config", model_or_config)
+                                      .get_text_config())
+
+
 class SparseCache(Cache):
     """A transformers ``Cache`` whose full-attention layers are :class:`PagedLayer` s.
 
@@ -162,14 +170,11 @@ class SparseCache(Cache):
     def __init__(self, model_or_config, policy=None, max_len: int = 0,
                  page_size: int | None = None, track_scores: bool | None = None,
                  snapshot_every: int | None = None):
-        from transformers.cache_utils import get_layer_types_and_kwargs
-
-        config = getattr(model_or_config, "config", model_or_config).get_text_config()
         self.policy = policy
         page_size = page_size or getattr(policy, "page_size", 16)
         track = getattr(policy, "needs_scores", False) if track_scores is None else track_scores
         layers = []
-        kinds, kwargs = get_layer_types_and_kwargs(config)
+        kinds, kwargs = _layer_specs(model_or_config)
         self.layer_types = tuple(kinds)
         for kind, kw in zip(kinds, kwargs):
             if kind == "full_attention":
@@ -179,6 +184,12 @@ class SparseCache(Cache):
             else:
                 raise ValueError(f"layer type {kind!r} is not supported by longforge.sparse")
         super().__init__(layers=layers)
+
+    @staticmethod
+    def layer_kinds(model_or_config) -> tuple[str, ...]:
+        """The attention kind of each layer (``full_attention``, ``sliding_attention``, ...) as
+        transformers builds the model's cache, i.e. the layers this cache gives it."""
+        return tuple(_layer_specs(model_or_config)[0])
 
     def prefix(self, length: int, max_len: int = 0) -> "SparseCache":
         """A new cache (same policy) holding this one's first ``length`` tokens, with room for
