@@ -187,7 +187,8 @@ class SynthRun:
 
     def _retokenized(self, batch_size: int) -> Iterator[tuple[None, None]]:
         from longforge.synth.config import cached_tokenizer
-        from longforge.synth.pipeline import document_tokens, pad_id_of
+        from longforge.synth.engines import pad_id_of
+        from longforge.synth.pipeline import document_tokens
 
         tok = cached_tokenizer(self.tokenizer)
         self.eos_id, self.pad_id = tok.eos_token_id, pad_id_of(tok)

@@ -304,7 +304,9 @@ def _cross_shard_duplicates(run: RunFolder, s: ScoreSettings, num_shards: int) -
     """Documents whose id an earlier shard already has (the first occurrence in input order
     wins, as with one reader): ``{shard, id, location, skip, n_chunks}`` each. Kept in
     ``state/duplicates.json``, so that a rerun accounts them the same way after their records
-    were taken out of the scores files."""
+    were taken out of the scores files. One shard has none: its reader already skipped them."""
+    if num_shards == 1:
+        return []
     path = run.state / "duplicates.json"
     if path.exists():
         return json.loads(path.read_text())

@@ -39,6 +39,12 @@ GREEDY = dict(do_sample=False, num_beams=1, repetition_penalty=1.0, no_repeat_ng
               temperature=None, top_p=None, top_k=None)
 
 
+def pad_id_of(tok) -> int:
+    """The id of padding tokens (of a batch, or of a sequence: ``n_pad``): the tokenizer's pad
+    token, or its EOS when it has none."""
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
 @dataclass(frozen=True)
 class Stop:
     """When a generated answer is complete: once its complete lines (those ended by a newline)
@@ -70,7 +76,7 @@ class HFEngine:
                  sort_by_length: bool = True):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.reuse_prefix, self.sort_by_length = batch_size, reuse_prefix, sort_by_length
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_id_of(tokenizer)
         self._prefix: tuple[tuple[int, ...], object] | None = None
         self.stats: Counter = Counter()   # prefill / decode tokens, prompts
 

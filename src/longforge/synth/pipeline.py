@@ -32,6 +32,7 @@ from longforge.progress import progress, say
 from longforge.runs import RunFolder
 from longforge.synth import baselines
 from longforge.synth.config import EXECUTION, PREDICTED_SOURCES, SynthConfig, cached_tokenizer
+from longforge.synth.engines import pad_id_of
 from longforge.synth.pack import Packer, Seq
 from longforge.synth.keywords import KeywordExtractor
 from longforge.synth.prepare import PrepareTask, prompt_echo, read_texts, work_dir
@@ -219,12 +220,6 @@ class _Packed:
             self.used.add(p.doc)
             if group_kw[p.group] is not None:
                 self.usage[group_kw[p.group]] += p.length
-
-
-def pad_id_of(tok) -> int:
-    """The id of the padding tokens of a sequence (``n_pad``): the tokenizer's pad token, or its
-    EOS when it has none."""
-    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
 def document_tokens(tok, output: Path, num_shards: int, shard_of: dict[str, int] | None = None

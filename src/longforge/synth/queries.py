@@ -262,7 +262,7 @@ class InstructPredictor(CausalLMPredictor):
         head, tail = instruct_parts(tok, self.k)
         self.prefix = tok(head, add_special_tokens=False).input_ids   # the template has its specials
         self.rest = lambda seg: tok(seg.strip() + tail, add_special_tokens=False).input_ids
-        self.stop = Stop(self.k, skip_blank=True, count=_query_count(self.k))
+        self.stop = Stop(self.k, count=_query_count(self.k))
         self.budget = self.k * self.max_new_tokens
         self._sha = _text_sha(head, tail)
 
