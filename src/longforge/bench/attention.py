@@ -55,19 +55,11 @@ def parse_shape(text: str) -> Shape:
 
 
 @dataclass
-class Settings:
+class Settings(common.KernelTiming):
     device: str = "cpu"
     shapes: list[str] = field(default_factory=lambda: ["32x128", "32/8x128"])
     contexts: list[int] = field(default_factory=lambda: [8192, 32768, 131072])
     budgets: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048, 4096])
-    kernels: list[str] = field(default_factory=lambda: ["torch", "c"])
-    repeats: int = 40
-    warmup: int = 3
-    page_size: int = 16
-    flush_mb: int = 128
-    stream_mb: int = 512
-    seed: int = 0
-    out: str = ""
 
     def command(self) -> str:
         return common.command_line("attention", self)

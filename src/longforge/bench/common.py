@@ -6,9 +6,22 @@ import platform
 import shlex
 import statistics
 import time
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 
 import torch
+
+
+@dataclass
+class KernelTiming:
+    """How the kernel benchmarks (``attention``, ``profile``) time: the settings they share."""
+    kernels: list[str] = field(default_factory=lambda: ["torch", "c"])
+    repeats: int = 40
+    warmup: int = 3
+    page_size: int = 16
+    flush_mb: int = 128
+    stream_mb: int = 512
+    seed: int = 0
+    out: str = ""
 
 
 def cpu_model() -> str:
@@ -98,9 +111,11 @@ def median_ms(seconds: list[float]) -> float:
 
 def command_line(name: str, settings) -> str:
     """The ``longforge bench NAME`` command that reproduces ``settings`` (a dataclass whose
-    fields are the command's options, lists comma-joined)."""
+    fields are the command's options, lists comma-joined): the options of its own class first,
+    then the inherited ones (those of :class:`KernelTiming`)."""
     parts = [f"longforge bench {name}"]
-    for f in fields(settings):
+    own = type(settings).__dict__.get("__annotations__", {})
+    for f in sorted(fields(settings), key=lambda f: f.name not in own):
         value = getattr(settings, f.name)
         if isinstance(value, (list, tuple)):
             value = ",".join(map(str, value))

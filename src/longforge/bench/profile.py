@@ -22,18 +22,10 @@ from longforge.sparse.selection import grouped, split_signs, top_pages
 
 
 @dataclass
-class Settings:
+class Settings(common.KernelTiming):
     shape: str = "32/8x128"
     contexts: list[int] = field(default_factory=lambda: [32768, 131072])
     budget: int = 2048
-    kernels: list[str] = field(default_factory=lambda: ["torch", "c"])
-    repeats: int = 40
-    warmup: int = 3
-    page_size: int = 16
-    flush_mb: int = 128
-    stream_mb: int = 512
-    seed: int = 0
-    out: str = ""
 
     def command(self) -> str:
         return common.command_line("profile", self)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from longforge.models import cache_kw
-from longforge.evals.runner import BUDGET_RULE, Method, Results, pin_settings, prefill
+from longforge.evals.runner import BUDGET_RULE, Method, Results, body, pin_settings, prefill
 
 WINDOW = 64  # context tokens each method prefills itself (SnapKV's observation window)
 TEXTS = ("longest", "stream")
@@ -29,8 +29,8 @@ def nll_under(model, cache, policy, ids: list[int], context: list[int] = ()) -> 
     one prefill chunk under ``policy``."""
     cache.policy = policy
     if context:
-        model.base_model(input_ids=torch.tensor([list(context)], device=model.device),
-                         **cache_kw(model, cache), use_cache=True)
+        body(model)(input_ids=torch.tensor([list(context)], device=model.device),
+                    **cache_kw(model, cache), use_cache=True)
     total = 0.0
     for cur, nxt in zip(ids[:-1], ids[1:]):
         logits = model(input_ids=torch.tensor([[cur]], device=model.device), **cache_kw(model, cache),
