@@ -58,25 +58,30 @@ def parse_buckets(values) -> str | list[int] | None:
 
 def bucket_of(rec: dict, buckets: str | list[int]) -> str:
     """The length bucket of a score record (a label)."""
+    return _bucket(rec, buckets)[1]
+
+
+def _bucket(rec: dict, buckets: str | list[int]) -> tuple[int, str]:
+    """The bucket's lower bound (chunks or tokens: the order of the buckets) and its label."""
     if buckets == "chunks":
-        return f"{rec['n_chunks']} chunks"
+        return rec["n_chunks"], f"{rec['n_chunks']} chunks"
     i = bisect.bisect_right(buckets, rec["n_tokens"])
     lo = buckets[i - 1] if i else 0
-    return f"{lo}+ tokens" if i == len(buckets) else f"{lo}-{buckets[i] - 1} tokens"
+    return lo, f"{lo}+ tokens" if i == len(buckets) else f"{lo}-{buckets[i] - 1} tokens"
 
 
 def select_by_length(records: list[dict], keep: float, buckets: str | list[int]):
     """The top ``keep`` fraction of each length bucket (:func:`select` in each): the ids kept
     and ``{bucket: {"scored", "kept", "lds_cutoff"}}``, buckets in order of length."""
-    by_bucket: dict[str, list[dict]] = defaultdict(list)
+    by_bucket: dict[tuple[int, str], list[dict]] = defaultdict(list)
     for r in records:
         if r.get("lds") is not None:
-            by_bucket[bucket_of(r, buckets)].append(r)
+            by_bucket[_bucket(r, buckets)].append(r)
     kept, report = set(), {}
-    for b in sorted(by_bucket, key=lambda b: int(b.split()[0].split("-")[0].rstrip("+"))):
-        ids, cutoff = select(by_bucket[b], keep=keep)
+    for key in sorted(by_bucket):
+        ids, cutoff = select(by_bucket[key], keep=keep)
         kept |= ids
-        report[b] = {"scored": len(by_bucket[b]), "kept": len(ids), "lds_cutoff": cutoff}
+        report[key[1]] = {"scored": len(by_bucket[key]), "kept": len(ids), "lds_cutoff": cutoff}
     return kept, report
 
 
