@@ -254,3 +254,13 @@ def test_score_takes_a_gguf_file_as_its_model(monkeypatch, tmp_path):
                                  "--pairs", "10"])
     assert r.exit_code == 0, r.output
     assert "scored 3 of 3 input documents" in r.output
+
+
+def test_device_problem_names_the_option_and_the_forms_it_takes():
+    from longforge.models import device_problem
+
+    for ok in ("auto", "cpu", "cuda", "cuda:0", "cuda:12"):
+        assert device_problem(ok) is None
+    for bad in ("tpu", "cuda:", "cuda:x", "gpu", "CPU"):
+        assert device_problem(bad, "--embed-device") == (
+            f"--embed-device must be auto, cpu, cuda or cuda:N, not {bad!r}")

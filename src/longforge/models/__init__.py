@@ -69,6 +69,15 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def device_problem(value: str, option: str = "--device") -> str | None:
+    """Why ``value`` is not a device that the commands take (auto, cpu, cuda, cuda:N), or None.
+    Checked with the other options before a run starts; :func:`resolve_device` then finds it."""
+    text = str(value)
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return None
+    return f"{option} must be auto, cpu, cuda or cuda:N, not {value!r}"
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or device == "auto":
         return default_device()

@@ -36,7 +36,7 @@ import numpy as np
 from longforge.corpus import (Manifest, ShardWriter, account_duplicates, atomic_write_json,
                               plan_shards, read_documents)
 from longforge.executor import check_options, make_executor
-from longforge.models import check_spec
+from longforge.models import check_spec, device_problem
 from longforge.progress import progress, say
 from longforge.runs import RunFolder
 from longforge.prolong.lds import doc_rng, long_dependency_score, make_chunks, sample_pairs
@@ -73,8 +73,8 @@ class ScoreSettings:
             raise ValueError(f"--path must be 'fast' or 'reference', not {self.path!r}")
         if self.fmt not in FORMATS:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}, not {self.fmt!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+        if device_problem(self.device):
+            raise ValueError(device_problem(self.device))
         if self.dtype != "auto":
             import torch
 

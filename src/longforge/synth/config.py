@@ -147,8 +147,10 @@ class SynthConfig:
         yield one_of(self.fmt, "--format", FORMATS)
         yield one_of(self.index_kind, "--index-kind", INDEX_KINDS)
         yield one_of(self.embed_quantize or "none", "--embed-quantize", EMBED_QUANTIZE)
-        yield (self.embed_device in ("cpu", "auto", "cuda") or str(self.embed_device).startswith("cuda:"),
-               f"--embed-device must be cpu, auto, cuda or cuda:N, not {self.embed_device!r}")
+        from longforge.models import device_problem
+
+        problem = device_problem(self.embed_device, "--embed-device")
+        yield problem is None, problem
         from longforge.executor import check_options
 
         for msg in check_options(self.executor, self.workers, self.cpus_per_task,
