@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 
 from longforge.cli_support import (CPUS_PER_TASK, DEVICE_HELP, EXECUTOR, RAY_ADDRESS,
-                                   WORKERS, command, default_output, default_workers, deprecated,
+                                   WORKERS, command, default_output, deprecated,
                                    split)
 from longforge.progress import say
 
@@ -41,7 +41,7 @@ def score(
     input_old: list[Path] = typer.Option(None, "--input", "-i", hidden=True),
 ):
     """ProLong Long Dependency Score of every document (docs/prolong.md)."""
-    from longforge.prolong.score import ScoreSettings, score_corpus
+    from longforge.prolong.score import ScoreSettings, check_run, score_corpus
 
     inputs = deprecated(inputs, input_old, "--input/-i", "positional INPUTS")
     if not inputs:
@@ -50,16 +50,8 @@ def score(
     s = ScoreSettings(model=model, chunk_size=chunk_size, max_chunks=max_chunks, pairs=pairs,
                       threshold=threshold, seed=seed, path=path, device=device, dtype=dtype,
                       batch_tokens=batch_tokens, fmt=format, cross_document=cross_document)
-    from longforge.executor import check_options
-
-    workers = default_workers(workers, executor)
     try:
-        s.check()
-        if num_shards < 1:
-            raise ValueError("--num-shards must be at least 1")
-        errors = check_options(executor, workers, cpus_per_task, gpus_per_task)
-        if errors:
-            raise ValueError("; ".join(errors))
+        check_run(s, num_shards, executor, workers, cpus_per_task, gpus_per_task)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     m = score_corpus([str(p) for p in inputs], output, s, num_shards=num_shards, workers=workers,

@@ -342,6 +342,18 @@ def _drop_duplicates(run: RunFolder, s: ScoreSettings, dups: list[dict], manifes
     return tokens
 
 
+def check_run(settings: ScoreSettings, num_shards: int = 1, executor: str = "local",
+              workers: int | None = None, cpus_per_task: float = 1.0,
+              gpus_per_task: float = 0.0) -> None:
+    """Every option of a score run, before anything is pinned or read (ValueError)."""
+    settings.check()
+    if num_shards < 1:
+        raise ValueError("--num-shards must be at least 1")
+    errors = check_options(executor, workers, cpus_per_task, gpus_per_task)
+    if errors:
+        raise ValueError("; ".join(errors))
+
+
 def score_corpus(inputs, output, settings: ScoreSettings = ScoreSettings(), *,
                  num_shards: int = 1, workers: int | None = None, executor: str = "local",
                  model=None, ray_address: str | None = None, cpus_per_task: float = 1.0,
@@ -352,10 +364,7 @@ def score_corpus(inputs, output, settings: ScoreSettings = ScoreSettings(), *,
     shards run (:func:`longforge.executor.make_executor`; docs/scale.md). ``model``: a
     ``LoadedModel`` to score with (it must be ``settings.model``); only with the local executor
     and one worker, which run in this process."""
-    settings.check()
-    errors = check_options(executor, workers, cpus_per_task, gpus_per_task)
-    if errors:
-        raise ValueError("; ".join(errors))
+    check_run(settings, num_shards, executor, workers, cpus_per_task, gpus_per_task)
     if model is not None and (executor != "local" or (workers or 1) != 1):
         raise ValueError("a loaded model can only be used in this process: executor local, "
                          "one worker")
