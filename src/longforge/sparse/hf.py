@@ -105,11 +105,7 @@ class PagedLayer(CacheLayerMixin):
         ``max_len``): the keys, values and page metadata, and, when scores are tracked, the
         scores of the first ``length`` queries (``length`` must then be a snapshot point)."""
         new = PagedLayer(max_len, self.page_size, self.track_scores)
-        k = self.store.k[:, :, :length]
-        new.lazy_initialization(k, k)
-        new.store.k[:, :, :length], new.store.v[:, :, :length] = k, self.store.v[:, :, :length]
-        new.store.set_length(length)
-        new.keys, new.values = new.store.keys(), new.store.values()
+        new.update(self.store.k[:, :, :length], self.store.v[:, :, :length])
         if self.track_scores:
             if length not in self.snapshots:
                 raise ValueError(f"no score snapshot at {length} tokens (every "
