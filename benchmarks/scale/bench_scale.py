@@ -126,7 +126,7 @@ def run_synth(corpus: Path, out: Path, method: str, executor: str, args) -> dict
                docs_per_s=docs / res["wall_s"], us_per_doc=1e6 * res["wall_s"] / docs,
                tokens_per_s_per_core=tokens / res["wall_s"] / cores,
                tokens_per_cpu_s=tokens / res["cpu_s"] if res["cpu_s"] else None,
-               command=" ".join(cmd))
+               command=" ".join(["python", *cmd[1:]]))  # not this machine's interpreter path
     if method.startswith("quest"):  # keywords (prepare) + index (groups), per core
         kw = t["prepare_s"] + t["groups_s"]
         res["keywords_index_tokens_per_s_per_core"] = tokens / kw / cores
