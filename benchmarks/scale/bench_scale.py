@@ -223,7 +223,8 @@ def main():
     # The first use of a bundled model dequantizes its GGUF into the cache (a one-time peak of
     # about 3 GB); made here, outside the measured runs, which then load the cached tokenizer.
     subprocess.run([sys.executable, "-c", "from longforge.models import load_tokenizer; "
-                    "load_tokenizer('gemma-3-270m')"], check=True, capture_output=True)
+                    "from longforge.synth.config import SynthConfig; "
+                    "load_tokenizer(SynthConfig.tokenizer)"], check=True, capture_output=True)
     results, notes = [], []
     for n in sizes:
         corpus = generate(args.work / f"corpus-{n}.jsonl", n)

@@ -73,8 +73,9 @@ class ScoreSettings:
             raise ValueError(f"--path must be 'fast' or 'reference', not {self.path!r}")
         if self.fmt not in FORMATS:
             raise ValueError(f"--format must be one of {', '.join(FORMATS)}, not {self.fmt!r}")
-        if device_problem(self.device):
-            raise ValueError(device_problem(self.device))
+        problem = device_problem(self.device)
+        if problem:
+            raise ValueError(problem)
         if self.dtype != "auto":
             import torch
 
