@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from longforge.corpus import Document, Manifest, ShardWriter, read_documents
+from longforge.heap import HeapTrimmer
 from longforge.progress import progress
 from longforge.synth.config import PREDICTED_SOURCES, SynthConfig, cached_tokenizer
 from longforge.synth.keywords import KeywordExtractor, PromptEcho, representative_keyword
@@ -234,6 +235,7 @@ class _Prepare:
         wd.mkdir(parents=True, exist_ok=True)
         store = TextStore(wd / f"texts-{self.shard:05d}.sqlite")
         vecs = []
+        trimmer = HeapTrimmer()  # a long shard's heap stays flat (longforge.heap)
         with ShardWriter(wd, "docs", self.shard, "parquet", schema=DOC_SCHEMA) as out:
             for docs in self._batches():
                 for row in self._rows(docs):
@@ -244,6 +246,7 @@ class _Prepare:
                     from longforge.synth.embed import embed
 
                     vecs.append(embed(self.embedder, [d.text for d in docs]))
+                trimmer.tick()
         store.close()
         if self.embedder is not None:
             import numpy as np
