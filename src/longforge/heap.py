@@ -15,16 +15,16 @@ is a no-op.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from functools import cache
 
 
 @cache
 def _malloc_trim():
-    name = ctypes.util.find_library("c")
+    # The symbols already loaded into this process (libc's among them): no library search,
+    # which on Linux would run ldconfig in a subprocess.
     try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):  # TypeError: Windows has no handle for the process itself
         return None
 
 
