@@ -10,16 +10,20 @@ text for every path):
 * ``gemma-fewshot-llamacpp``: the same prompt on Gemma's GGUF with llama.cpp (``xllamacpp``);
 * ``qwen-instruct-hf``: Qwen2.5-Coder-0.5B-Instruct, zero-shot chat prompt listing k queries,
   transformers fast path, batch 8;
-* ``qwen-instruct-llamacpp``: the same on Qwen's GGUF with llama.cpp; ``...-k1``: one query.
+* ``qwen-instruct-llamacpp``: the same on Qwen's GGUF with llama.cpp; ``...-k1``: one query;
+* ``...-bf16``: the transformers fast path with the model in bf16 (``--dtype bf16``), whose
+  matmuls run several times faster than fp32 on CPUs with AVX512-BF16 or AMX; it writes other
+  queries than fp32 (the cache keys it apart).
 
 For each: segments/s and queries/s (queries after post-processing), the speed-up over
 ``gemma-fewshot-hf-today``, the keyword yield (surviving keywords per segment with the default
 filters, and the share of segments with one or more), the tokens it prefilled and decoded, and
 its compute limit: FLOPs = 2 x non-embedding parameters x (prefilled + decoded tokens) + 2 x
 hidden size x vocabulary x decoded tokens (the LM head; attention's own FLOPs, a few percent at
-these lengths, are left out), over this CPU's fp32 matmul rate measured in the same run
-(``torch.matmul`` of 2048 x 2048 matrices, torch's threads). llama.cpp multiplies quantized
-(Q4_K_M) weights, so its fraction of the fp32 limit can exceed what fp32 could reach.
+these lengths, are left out), over this CPU's matmul rate in the path's precision measured in the same run
+(``torch.matmul`` of 2048 x 2048 matrices, torch's threads; fp32 for llama.cpp, which
+multiplies quantized Q4_K_M weights, so its fraction of that limit can exceed what fp32 could
+reach).
 
     python benchmarks/synth/bench_queries.py --segments 32 --threads 1 \\
         --out benchmarks/results/synth_queries
@@ -45,7 +49,8 @@ from longforge.synth.queries import (FEW_SHOT, CausalLMPredictor, InstructPredic
                                      parse_queries, segment_text)
 
 PATHS = ("gemma-fewshot-hf-today", "gemma-fewshot-hf-fast", "gemma-fewshot-llamacpp",
-         "qwen-instruct-hf", "qwen-instruct-llamacpp", "qwen-instruct-llamacpp-k1")
+         "gemma-fewshot-hf-fast-bf16", "qwen-instruct-hf", "qwen-instruct-llamacpp",
+         "qwen-instruct-llamacpp-k1", "qwen-instruct-hf-bf16")
 BASELINE = "gemma-fewshot-hf-today"
 
 
@@ -57,8 +62,8 @@ def pick_segments(n: int, seed: int, tokenizer, tokens: int) -> tuple[list[str],
     return [segment_text(d.text, tokenizer, tokens, 1)[0] for d in picks], [d.id for d in picks]
 
 
-def matmul_gflops(size: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_gflops(size: int = 2048, reps: int = 5, dtype=torch.float32) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.matmul(a, b)  # warm-up
     best = float("inf")
     for _ in range(reps):
@@ -76,19 +81,24 @@ def model_flops(model) -> dict:
     return {"body_params": body, "lm_head_params": cfg.hidden_size * cfg.vocab_size}
 
 
+def model_key(path: str) -> str:
+    """The loaded model a path runs: gemma or qwen, fp32 or bf16."""
+    return ("gemma" if path.startswith("gemma") else "qwen") + ("-bf16" if path.endswith("bf16") else "")
+
+
 def make_predictor(path: str, lms: dict, args):
     kw = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, segment_tokens=256,
               device="cpu", threads=args.llamacpp_threads)
+    lm = lms[model_key(path)]
     if path.startswith("gemma"):
         if path.endswith("llamacpp"):   # the model's tokenizer only
-            return CausalLMPredictor(args.gemma, engine="llamacpp", model=lms["gemma"], **kw)
-        fast = path.endswith("fast")
-        return CausalLMPredictor(args.gemma, model=lms["gemma"], reuse_prefix=fast,
-                                 sort_by_length=fast, **kw)
+            return CausalLMPredictor(args.gemma, engine="llamacpp", model=lm, **kw)
+        fast = path != BASELINE
+        return CausalLMPredictor(args.gemma, model=lm, reuse_prefix=fast, sort_by_length=fast, **kw)
     k = 1 if path.endswith("k1") else args.k
     if "llamacpp" in path:
-        return InstructPredictor(args.qwen, k, engine="llamacpp", model=lms["qwen"], **kw)
-    return InstructPredictor(args.qwen, k, model=lms["qwen"], **kw)
+        return InstructPredictor(args.qwen, k, engine="llamacpp", model=lm, **kw)
+    return InstructPredictor(args.qwen, k, model=lm, **kw)
 
 
 def queries_of(path: str, predictor, answers: list[str]) -> list[list[str]]:
@@ -117,11 +127,11 @@ def run_path(path: str, lms: dict, segs: list[str], args, extractor, echo) -> di
         k = extractor.document_keywords(qs)
         kws.append([x for x in k if not (echo and path.startswith("gemma") and echo(x))])
     n = len(segs) - 1
-    model = lms["gemma" if path.startswith("gemma") else "qwen"]
-    f = model_flops(model.model)
+    f = model_flops(lms[model_key(path)].model)
     flops = (2 * f["body_params"] * (stats["prefill_tokens"] + stats["decode_tokens"])
              + 2 * f["lm_head_params"] * stats["decode_tokens"])
-    return {"path": path, "engine": p.engine.name, "settings": p.settings, "load_s": load_s,
+    return {"path": path, "engine": p.engine.name, "precision": precision(path),
+            "settings": p.settings, "load_s": load_s,
             "wall_s": wall, "segments": n, "segments_per_s": n / wall,
             "queries": sum(map(len, queries)), "queries_per_s": sum(map(len, queries)) / wall,
             "keywords_per_segment": sum(map(len, kws)) / n,
@@ -131,18 +141,23 @@ def run_path(path: str, lms: dict, segs: list[str], args, extractor, echo) -> di
             "answers": answers, "query_lists": queries, "keywords": kws}
 
 
+def precision(path: str) -> str:
+    return "q4_k_m" if "llamacpp" in path else ("bf16" if path.endswith("bf16") else "fp32")
+
+
 def markdown(res: dict) -> str:
     lines = ["# Query prediction: speed, keyword yield and compute limit", "",
              f"{res['machine']}; {res['segments']} segments of 256 Gemma tokens (seed "
-             f"{res['seed']}); fp32 matmul rate {res['matmul_gflops']:.1f} GFLOP/s "
+             f"{res['seed']}); matmul rate fp32 {res['matmul_gflops']:.1f} GFLOP/s, bf16 "
+             f"{res['matmul_gflops_bf16']:.1f} GFLOP/s "
              f"(torch threads {res['torch_threads']}; llama.cpp threads "
              f"{res['llamacpp_threads']}).", "",
-             "| path | segments/s | queries/s | vs today | keywords / segment | segments with "
-             "a keyword | prefill tokens | decode tokens | GFLOP | compute limit (s) | wall (s) "
-             "| of the limit |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| path | weights | segments/s | queries/s | vs today | keywords / segment | segments "
+             "with a keyword | prefill tokens | decode tokens | GFLOP | compute limit (s) | wall "
+             "(s) | of the limit |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["paths"]:
         lines.append(
-            f"| {r['path']} | {r['segments_per_s']:.3f} | {r['queries_per_s']:.3f} | "
+            f"| {r['path']} | {r['precision']} | {r['segments_per_s']:.3f} | {r['queries_per_s']:.3f} | "
             f"{r['speedup_vs_today']:.2f}x | {r['keywords_per_segment']:.2f} | "
             f"{100 * r['segments_with_keyword']:.0f}% | {r['prefill_tokens']} | "
             f"{r['decode_tokens']} | {r['flops'] / 1e9:.0f} | {r['compute_limit_s']:.1f} | "
@@ -152,6 +167,10 @@ def markdown(res: dict) -> str:
         lines += ["", f"The fast Gemma path wrote the same query as today's path for {same} of "
                   f"{res['segments']} segments (same prompt ids and greedy decoding; batching "
                   "and the reused prefix change floating-point rounding only)."]
+    for name, n in res.get("bf16_same_queries_as_fp32", {}).items():
+        lines += ["", f"{name} wrote the same answer as its fp32 path for {n} of "
+                  f"{res['segments']} segments (bf16 rounds every product: other queries, "
+                  "keyed apart in the cache)."]
     lines += ["", f"Command: `{res['command']}`", ""]
     return "\n".join(lines)
 
@@ -178,16 +197,17 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown or BASELINE not in paths:
         ap.error(f"--paths: choose among {', '.join(PATHS)}, with {BASELINE}")
     lms = {"gemma": load_model(args.gemma, device="cpu", dtype="fp32")}
-    if any(p.startswith("qwen") for p in paths):
-        lms["qwen"] = load_model(args.qwen, device="cpu", dtype="fp32")
+    for key in sorted({model_key(p) for p in paths} - {"gemma"}):
+        spec = args.gemma if key.startswith("gemma") else args.qwen
+        lms[key] = load_model(spec, device="cpu", dtype="bf16" if key.endswith("bf16") else "fp32")
     segs, ids = pick_segments(args.segments, args.seed, lms["gemma"].tokenizer, 256)
-    rate = matmul_gflops()
+    rates = {"fp32": matmul_gflops(), "bf16": matmul_gflops(dtype=torch.bfloat16)}
     extractor = KeywordExtractor(extra_stop_keywords=GENERIC_KEYWORDS)
     echo = PromptEcho(extractor, [q for _, q in FEW_SHOT])
     rows = []
     for path in paths:
         r = run_path(path, lms, segs, args, extractor, echo)
-        r["compute_limit_s"] = r["flops"] / (rate * 1e9)
+        r["compute_limit_s"] = r["flops"] / (rates["bf16" if r["precision"] == "bf16" else "fp32"] * 1e9)
         r["fraction_of_limit"] = r["compute_limit_s"] / r["wall_s"]
         rows.append(r)
         print(f"{path}: {r['segments_per_s']:.3f} segments/s, {r['queries_per_s']:.3f} "
@@ -197,12 +217,16 @@ def main(argv: list[str] | None = None) -> dict:
         r["speedup_vs_today"] = r["segments_per_s"] / base["segments_per_s"]
     res = {"machine": f"{platform.processor() or platform.machine()}, CPU only",
            "segments": args.segments, "seed": args.seed, "document_ids": ids[:-1],
-           "matmul_gflops": rate, "torch_threads": torch.get_num_threads(),
+           "matmul_gflops": rates["fp32"], "matmul_gflops_bf16": rates["bf16"], "torch_threads": torch.get_num_threads(),
            "llamacpp_threads": args.llamacpp_threads, "paths": rows,
            "command": "python benchmarks/synth/bench_queries.py " + " ".join(argv or [])}
     fast = next((r for r in rows if r["path"] == "gemma-fewshot-hf-fast"), None)
     if fast is not None:
         res["fast_same_queries_as_today"] = sum(a == b for a, b in zip(fast["answers"], base["answers"]))
+    by = {r["path"]: r for r in rows}
+    res["bf16_same_queries_as_fp32"] = {
+        p: sum(a == b for a, b in zip(by[p]["answers"], by[p.removesuffix("-bf16")]["answers"]))
+        for p in by if p.endswith("-bf16") and p.removesuffix("-bf16") in by}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "bench.json", res)
     atomic_write_text(args.out / "bench.md", markdown(res))

@@ -9,10 +9,14 @@
 # (quest-<source>-pad: one keyword per sequence, at the cost of padding; the second run reuses
 # the cached queries). Queries are one segment per document, cached per segment and resumable;
 # ENGINE (hf | llamacpp; CAUSAL_ENGINE / INSTRUCT_ENGINE for one source) generates them,
-# THREADS sets the engine's CPU threads (1 on cores other jobs share).
+# THREADS sets the engine's CPU threads (1 on cores other jobs share), DTYPE (CAUSAL_DTYPE /
+# INSTRUCT_DTYPE) the predictor's precision with ENGINE=hf (auto | fp32 | bf16).
 # The whole sample corpus (reports/synth-full; hours of CPU with ENGINE=hf):
 #   PER_SOURCE=100000 OUT=out/synth-full REPORT=reports/synth-full ENGINE=llamacpp \
 #     sh benchmarks/synth/make_report.sh
+# and with the instruct predictor in bf16 (reports/synth-full-instruct):
+#   PER_SOURCE=100000 OUT=out/synth-full-instruct REPORT=reports/synth-full-instruct \
+#     QUERY_SOURCES="instruct document" INSTRUCT_DTYPE=bf16 THREADS=1 sh benchmarks/synth/make_report.sh
 # One `longforge analyze` report compares them all: keyword coverage (documents with a keyword,
 # documents in keywords of >= 2), purity, intra-context cosine with intervals, domain spread and
 # the most frequent keywords (candidates for the stop list).
@@ -27,6 +31,9 @@ ENGINE=${ENGINE:-hf}
 CAUSAL_ENGINE=${CAUSAL_ENGINE:-$ENGINE}
 INSTRUCT_ENGINE=${INSTRUCT_ENGINE:-$ENGINE}
 THREADS=${THREADS:-0}
+DTYPE=${DTYPE:-auto}
+CAUSAL_DTYPE=${CAUSAL_DTYPE:-$DTYPE}
+INSTRUCT_DTYPE=${INSTRUCT_DTYPE:-$DTYPE}
 K=${K:-0}            # queries per segment of the instruct source (0: its default, 3)
 CAUSAL_PREDICTOR=${CAUSAL_PREDICTOR:-gemma-3-270m}
 INSTRUCT_PREDICTOR=${INSTRUCT_PREDICTOR:-qwen2.5-coder-0.5b-instruct}
@@ -42,8 +49,8 @@ done
 for qs in $QUERY_SOURCES; do
   predict=""
   case $qs in
-    causal) predict="--predictor $CAUSAL_PREDICTOR --engine $CAUSAL_ENGINE --engine-threads $THREADS" ;;
-    instruct) predict="--predictor $INSTRUCT_PREDICTOR --engine $INSTRUCT_ENGINE --engine-threads $THREADS --queries-per-segment $K" ;;
+    causal) predict="--predictor $CAUSAL_PREDICTOR --engine $CAUSAL_ENGINE --engine-threads $THREADS --dtype $CAUSAL_DTYPE" ;;
+    instruct) predict="--predictor $INSTRUCT_PREDICTOR --engine $INSTRUCT_ENGINE --engine-threads $THREADS --dtype $INSTRUCT_DTYPE --queries-per-segment $K" ;;
   esac
   for gb in $GROUP_BOUNDARIES; do
     name=quest-$qs; [ $gb = pad ] && name=quest-$qs-pad

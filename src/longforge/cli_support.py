@@ -22,6 +22,7 @@ import typer
 
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines.")
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
+DTYPE_HELP = "auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16."
 
 # The execution options of every sharded job (docs/scale.md), one spelling for all.
 WORKERS = typer.Option(None, help="Local processes (default 1), or with --executor ray the most "

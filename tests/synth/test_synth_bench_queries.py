@@ -38,5 +38,11 @@ def test_bench_queries_runs_every_path_on_a_tiny_model(tmp_path, monkeypatch):
     # the fast path prefills the fixed part once, today's path with every segment
     assert today["prefill_tokens"] - fast["prefill_tokens"] == fast["prefix_tokens"] > 0
     assert res["fast_same_queries_as_today"] == 2
+    by = {r["path"]: r for r in res["paths"]}
+    assert by["gemma-fewshot-hf-fast-bf16"]["precision"] == "bf16"
+    assert by["qwen-instruct-hf-bf16"]["settings"]["dtype"] == "bfloat16"
+    assert "dtype" not in by["qwen-instruct-hf"]["settings"]
+    assert set(res["bf16_same_queries_as_fp32"]) == {"gemma-fewshot-hf-fast-bf16", "qwen-instruct-hf-bf16"}
+    assert res["matmul_gflops_bf16"] > 0
     assert json.loads((tmp_path / "b" / "bench.json").read_text())["segments"] == 2
     assert "| gemma-fewshot-hf-today |" in (tmp_path / "b" / "bench.md").read_text()

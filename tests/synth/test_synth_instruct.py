@@ -112,6 +112,36 @@ def test_cache_key_changes_with_prompt_decoding_engine_and_k(tiny_chat, monkeypa
                    "max_new_tokens": 32, "segment_tokens": 256, "decoding": "greedy"}
 
 
+def test_precision_other_than_fp32_keys_the_cache_and_fp32_keeps_the_old_key(tiny_chat, tmp_path,
+                                                                           monkeypatch):
+    import torch
+
+    from longforge.synth.config import SynthConfig
+    from longforge.synth.queries import CausalLMPredictor
+
+    path, lm = tiny_chat
+    monkeypatch.setenv("LONGFORGE_CACHE", str(path.parent / "cache"))   # the fixture's
+    fp32 = CausalLMPredictor(str(path), model=lm).settings
+    assert "dtype" not in fp32
+    bf16 = CausalLMPredictor(str(path), dtype="bf16", device="cpu").settings
+    assert bf16 == {**fp32, "dtype": "bfloat16"}
+    assert next(CausalLMPredictor(str(path), dtype="bf16").engine.model.parameters()).dtype == torch.bfloat16
+    inst = InstructPredictor(str(path), 3, dtype="bf16", max_new_tokens=4)
+    assert inst.settings["dtype"] == "bfloat16"
+    assert len(inst.predict(["the tar command makes archives"])) == 1   # it generates in bf16
+    with pytest.raises(ValueError, match="dtype applies to the hf engine"):
+        CausalLMPredictor(str(path), engine="llamacpp", dtype="bf16")
+    # the option: checked before any work; auto keeps the fingerprint older versions wrote
+    kw = dict(inputs=["x.jsonl"], output=tmp_path / "o", query_source="instruct")
+    auto = SynthConfig(**kw)
+    assert "dtype" not in auto.fingerprinted()
+    assert SynthConfig(**kw, dtype="bf16").fingerprint() != auto.fingerprint()
+    with pytest.raises(ValueError, match="--dtype must be one of auto, fp32, bf16, fp16, not 'int4'"):
+        SynthConfig(**kw, dtype="int4")
+    with pytest.raises(ValueError, match="--dtype applies to --engine hf"):
+        SynthConfig(**kw, dtype="bf16", engine="llamacpp")
+
+
 # ---------------------------------------------------------------- engines
 @pytest.mark.parametrize("spec", ["tiny-qwen2", "tiny-gemma3"])
 def test_prefix_kv_reuse_gives_the_queries_of_plain_generation(spec, tiny_chat):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from longforge.cli_support import DEVICE_HELP, command, default_output, deprecated, split
+from longforge.cli_support import DEVICE_HELP, DTYPE_HELP, command, default_output, deprecated, split
 
 app = typer.Typer(help="Evaluate decode-time KV policies (dense, Quest, StreamingLLM, H2O) on "
                        "passkey retrieval, needle-in-a-haystack and perplexity.",
@@ -30,7 +30,7 @@ _DENSE = typer.Option("auto", help="Layers that decode densely (every policy): a
                                    "such as Gemma 3), N (the first N by index) or full:N (the "
                                    "first N full-attention layers).")
 _DEVICE = typer.Option("auto", help=DEVICE_HELP)
-_DTYPE = typer.Option("auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16.")
+_DTYPE = typer.Option("auto", help=DTYPE_HELP)
 _OUTPUT = typer.Option(None, "--output", "-o", help="Output folder (resumable; default "
                                                     "out/eval/<task>).")
 _OUT_OLD = typer.Option(None, "--out", hidden=True)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from longforge.cli_support import (CPUS_PER_TASK, DEVICE_HELP, EXECUTOR, RAY_ADDRESS,
+from longforge.cli_support import (CPUS_PER_TASK, DEVICE_HELP, DTYPE_HELP, EXECUTOR, RAY_ADDRESS,
                                    WORKERS, command, default_output, deprecated,
                                    split)
 from longforge.progress import say
@@ -26,7 +26,7 @@ def score(
     seed: int = typer.Option(0, help="Seed of chunk and pair sampling."),
     path: str = typer.Option("fast", help="'fast' (KV reuse) or 'reference' (naive)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
-    dtype: str = typer.Option("auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16."),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
     batch_tokens: int = typer.Option(4096, help="Tokens per forward pass."),
     cross_document: bool = typer.Option(True, "--cross-document/--per-document",
                                         help="Score short documents several per forward pass "

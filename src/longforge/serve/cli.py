@@ -5,7 +5,7 @@ import re
 
 import typer
 
-from longforge.cli_support import DEVICE_HELP, command
+from longforge.cli_support import DEVICE_HELP, DTYPE_HELP, command
 
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
@@ -27,8 +27,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind (127.0.0.1: this machine only)."),
     port: int = typer.Option(8000, help="TCP port."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
-    dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, "
-                                           "fp16."),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
     served_model_name: str = typer.Option(None, help="The model name clients send (default: "
                                                      "the spec)."),
     api_key: str = typer.Option(None, envvar="LONGFORGE_API_KEY",

@@ -22,6 +22,7 @@ PREDICTED_SOURCES = ("causal", "seq2seq", "instruct")   # the sources a model pr
 DEFAULT_PREDICTORS = {"instruct": "qwen2.5-coder-0.5b-instruct"}
 DEFAULT_PREDICTOR = "gemma-3-270m"
 ENGINES = ("hf", "llamacpp")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
 NO_KEYWORD_POLICIES = ("drop", "standard")
 FORMATS = ("jsonl", "jsonl.gz", "parquet")
 # (attribute, option named in errors, lowest value) of the integer options; _OPTIONAL may be None.
@@ -80,6 +81,7 @@ class SynthConfig:
     batch_size: int = 8
     max_new_tokens: int = 32
     device: str | None = "auto"
+    dtype: str = "auto"                     # the predictor's precision (hf engine): auto | fp32 | bf16 | fp16
     query_cache: Path | None = None
     split_ratio: float = 0.2
     max_repeats: int | None = None
@@ -177,6 +179,9 @@ class SynthConfig:
         from longforge.synth.engines import is_gguf_spec, llamacpp_available
 
         yield one_of(self.engine, "--engine", ENGINES)
+        yield one_of(self.dtype, "--dtype", DTYPES)
+        yield (self.dtype == "auto" or self.engine == "hf",
+               "--dtype applies to --engine hf (llama.cpp runs the GGUF file's own types)")
         yield (self.queries_per_segment == 1 or self.query_source == "instruct",
                "--queries-per-segment applies to --query-source instruct (the few-shot prompt "
                "and a doc2query model write one query per segment)")
@@ -213,6 +218,8 @@ class SynthConfig:
         another context length, boundary policy or output format."""
         d = self.to_dict()
         d["group_boundary"] = self.effective_group_boundary
+        if d["dtype"] == "auto":   # as before the option existed (the cache key holds the precision)
+            del d["dtype"]
         return {k: v for k, v in d.items() if k not in RUN_ONLY}
 
     def fingerprint(self) -> str:
@@ -231,7 +238,7 @@ class SynthConfig:
 
         from longforge.synth.queries import CausalLMPredictor, InstructPredictor, Seq2SeqPredictor
 
-        kw = dict(device=self.device, batch_size=self.batch_size,
+        kw = dict(device=self.device, dtype=self.dtype, batch_size=self.batch_size,
                   max_new_tokens=self.max_new_tokens, segment_tokens=self.segment_tokens)
         lm = dict(model=model, engine=self.engine,
                   threads=self.engine_threads or torch.get_num_threads())

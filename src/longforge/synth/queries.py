@@ -180,6 +180,12 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def precision_key(dtype: torch.dtype) -> dict:
+    """The predictor's precision for the cache key: nothing for fp32 (the key older versions
+    wrote, all fp32), its name otherwise (bf16 and fp16 write other queries)."""
+    return {} if dtype == torch.float32 else {"dtype": str(dtype).removeprefix("torch.")}
+
+
 def settings_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -189,7 +195,9 @@ class CausalLMPredictor:
 
     ``engine``: ``hf`` (transformers; ``model`` may be the loaded predictor) or ``llamacpp``
     (the spec's GGUF file; see :mod:`longforge.synth.engines`); ``threads``: its CPU threads
-    (torch's for hf). ``reuse_prefix`` and
+    (torch's for hf); ``dtype`` (hf only): the model's precision, ``auto`` as
+    :func:`longforge.models.load_model` (fp32 on CPU); other than fp32 it keys the cache.
+    ``reuse_prefix`` and
     ``sort_by_length`` (hf only) change floating-point rounding only, like the batch size, so they
     do not key the cache; the engine does, except ``hf``, which keeps the key older versions
     wrote (the prompt is the same token ids: the few-shot prefix and the segment part are
@@ -200,17 +208,22 @@ class CausalLMPredictor:
     def __init__(self, model_spec: str = "gemma-3-270m", device=None, batch_size: int = 8,
                  max_new_tokens: int = 32, segment_tokens: int = 256, model=None,
                  engine: str = "hf", threads: int = 1, reuse_prefix: bool = True,
-                 sort_by_length: bool = True):
+                 sort_by_length: bool = True, dtype=None):
         self.spec, self.max_new_tokens, self.segment_tokens = model_spec, max_new_tokens, segment_tokens
+        self._precision: dict = {}
         if engine == "hf":
             from longforge.models import load_model
 
             if threads and threads != torch.get_num_threads():
                 torch.set_num_threads(threads)
-            lm = model if model is not None else load_model(model_spec, device=device)
+            lm = model if model is not None else load_model(model_spec, device=device, dtype=dtype)
             self.tokenizer = lm.tokenizer
+            self._precision = precision_key(next(lm.model.parameters()).dtype)
             self.engine = HFEngine(lm.model, lm.tokenizer, batch_size, reuse_prefix, sort_by_length)
         elif engine == "llamacpp":
+            if dtype not in (None, "auto"):
+                raise ValueError("dtype applies to the hf engine (llama.cpp runs the GGUF file's "
+                                 "own types)")
             from longforge.models import load_tokenizer
 
             self.tokenizer = model.tokenizer if model is not None else load_tokenizer(model_spec)
@@ -232,7 +245,8 @@ class CausalLMPredictor:
     def _settings(self, engine: str) -> dict:
         return {"kind": self.kind, "model": self.spec, "prompt": self.prompt_version,
                 "max_new_tokens": self.max_new_tokens, "segment_tokens": self.segment_tokens,
-                "decoding": "greedy", **({"engine": engine} if engine != "hf" else {})}
+                "decoding": "greedy", **({"engine": engine} if engine != "hf" else {}),
+                **self._precision}
 
     def answers(self, segments: list[str]) -> list[str]:
         """The model's raw text for each segment."""
@@ -278,17 +292,20 @@ class Seq2SeqPredictor:
     """A doc2query-style encoder-decoder (HF id or local path), greedy decoding."""
 
     def __init__(self, model_spec: str, device=None, batch_size: int = 16,
-                 max_new_tokens: int = 32, segment_tokens: int = 256):
+                 max_new_tokens: int = 32, segment_tokens: int = 256, dtype=None):
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from longforge.models import _local_or_hub, resolve_device
+        from longforge.models import _local_or_hub, resolve_device, resolve_dtype
 
         path = _local_or_hub(model_spec)
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSeq2SeqLM.from_pretrained(path).to(resolve_device(device)).eval()
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dt).to(dev).eval()
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.settings = {"kind": "seq2seq", "model": model_spec, "max_new_tokens": max_new_tokens,
-                         "segment_tokens": segment_tokens, "decoding": "greedy"}
+                         "segment_tokens": segment_tokens, "decoding": "greedy",
+                         **precision_key(dt)}
 
     @torch.no_grad()
     def predict(self, segments: list[str]) -> list[str]:
