@@ -29,6 +29,64 @@ def test_resume_skips_finished_shards(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("ran-*")) == ["ran-2", "ran-3"]
 
 
+class SleepingTask:
+    """Picklable task that writes its worker's pid, then sleeps far longer than the test."""
+
+    def __init__(self, log_dir):
+        self.log_dir = log_dir
+
+    def __call__(self, shard, num_shards):
+        import os
+        import time
+
+        (self.log_dir / f"pid-{shard}").write_text(str(os.getpid()))
+        time.sleep(600)
+        return {}
+
+
+def test_sigterm_to_the_driver_stops_its_worker_processes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    code = ("import sys; sys.path.insert(0, sys.argv[2]); from pathlib import Path; "
+            "from test_executor import SleepingTask; from longforge.executor import LocalExecutor; "
+            "LocalExecutor(workers=2).run(SleepingTask(Path(sys.argv[1])), 2)")
+    driver = subprocess.Popen([sys.executable, "-c", code, str(tmp_path),
+                               str(Path(__file__).parent)])
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        with open(f"/proc/{pid}/stat") as f:   # a zombie is dead
+            return f.read().split(")")[-1].split()[0] != "Z"
+
+    try:
+        deadline = time.time() + 120
+        while len(list(tmp_path.glob("pid-*"))) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        pids = [int(p.read_text()) for p in tmp_path.glob("pid-*")]
+        assert len(pids) == 2 and all(map(alive, pids))
+        driver.send_signal(signal.SIGTERM)
+        assert driver.wait(timeout=60) == 143
+        deadline = time.time() + 30
+        while any(map(alive, pids)) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(map(alive, pids)), "worker processes outlived their driver"
+    finally:
+        driver.kill()
+        for p in tmp_path.glob("pid-*"):
+            try:
+                os.kill(int(p.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_process_pool_gives_same_results(tmp_path):
     res = LocalExecutor(workers=2).run(CountingTask(tmp_path), 5)
     assert [r["shard"] for r in res] == list(range(5))

@@ -10,7 +10,9 @@
 # the cached queries). Queries are one segment per document, cached per segment and resumable;
 # ENGINE (hf | llamacpp; CAUSAL_ENGINE / INSTRUCT_ENGINE for one source) generates them,
 # THREADS sets the engine's CPU threads (1 on cores other jobs share), DTYPE (CAUSAL_DTYPE /
-# INSTRUCT_DTYPE) the predictor's precision with ENGINE=hf (auto | fp32 | bf16).
+# INSTRUCT_DTYPE) the predictor's precision with ENGINE=hf (auto | fp32 | bf16), SHARDS and
+# WORKERS the shards and local worker processes of the Quest runs (their outputs are the same
+# for any count).
 # The whole sample corpus (reports/synth-full; hours of CPU with ENGINE=hf):
 #   PER_SOURCE=100000 OUT=out/synth-full REPORT=reports/synth-full ENGINE=llamacpp \
 #     sh benchmarks/synth/make_report.sh
@@ -34,6 +36,8 @@ THREADS=${THREADS:-0}
 DTYPE=${DTYPE:-auto}
 CAUSAL_DTYPE=${CAUSAL_DTYPE:-$DTYPE}
 INSTRUCT_DTYPE=${INSTRUCT_DTYPE:-$DTYPE}
+SHARDS=${SHARDS:-1}
+WORKERS=${WORKERS:-1}
 K=${K:-0}            # queries per segment of the instruct source (0: its default, 3)
 CAUSAL_PREDICTOR=${CAUSAL_PREDICTOR:-gemma-3-270m}
 INSTRUCT_PREDICTOR=${INSTRUCT_PREDICTOR:-qwen2.5-coder-0.5b-instruct}
@@ -56,7 +60,8 @@ for qs in $QUERY_SOURCES; do
     name=quest-$qs; [ $gb = pad ] && name=quest-$qs-pad
     echo "== $name"
     longforge $QUIET synth $OUT/corpus.jsonl -o $OUT/$name --method quest -L $L --seed 0 \
-      --query-source $qs --max-segments 1 --no-keyword standard --group-boundary $gb $predict
+      --query-source $qs --max-segments 1 --no-keyword standard --group-boundary $gb $predict \
+      --num-shards $SHARDS --workers $WORKERS
     outputs="$outputs $OUT/$name"
   done
 done

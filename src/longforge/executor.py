@@ -13,6 +13,9 @@ The contract, the same for both executors (docs/scale.md):
   holding the result was lost) resubmit the shard, at most ``max_retries`` times; each
   resubmission is listed in :attr:`RayExecutor.resubmissions`.
 * The results are the same whichever executor ran the shards.
+* **Stopping.** SIGTERM (``kill``) or Ctrl-C on a run with local worker processes stops the
+  workers too (they would otherwise run on, orphaned, and keep the CPU); finished shards keep
+  their markers.
 """
 from __future__ import annotations
 
@@ -20,9 +23,12 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +85,25 @@ def _run_job(args) -> tuple[int, dict]:
     return run_shard(*args)
 
 
+@contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """While inside, SIGTERM ends this process through ``SystemExit`` (status 143), so that
+    ``with`` blocks unwind: a worker pool's exit terminates its processes. Python's default,
+    dying at once, would leave the workers running. A no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 class LocalExecutor:
     """Run shards in ``workers`` processes (``workers=1``: in this process, easiest to debug)."""
 
@@ -114,7 +139,7 @@ class LocalExecutor:
                 bar.update(1)
         else:
             ctx = mp.get_context("spawn")
-            with ctx.Pool(min(self.workers, len(jobs))) as pool:
+            with sigterm_exits(), ctx.Pool(min(self.workers, len(jobs))) as pool:
                 for s, r in pool.imap_unordered(_run_job, jobs):
                     results[s] = r
                     bar.update(1)
