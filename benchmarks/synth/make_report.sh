@@ -18,7 +18,8 @@
 #     sh benchmarks/synth/make_report.sh
 # and with the instruct predictor in bf16 (reports/synth-full-instruct):
 #   PER_SOURCE=100000 OUT=out/synth-full-instruct REPORT=reports/synth-full-instruct \
-#     QUERY_SOURCES="instruct document" INSTRUCT_DTYPE=bf16 THREADS=1 sh benchmarks/synth/make_report.sh
+#     QUERY_SOURCES="instruct document" INSTRUCT_DTYPE=bf16 THREADS=1 SHARDS=8 WORKERS=2 \
+#     sh benchmarks/synth/make_report.sh
 # One `longforge analyze` report compares them all: keyword coverage (documents with a keyword,
 # documents in keywords of >= 2), purity, intra-context cosine with intervals, domain spread and
 # the most frequent keywords (candidates for the stop list).
