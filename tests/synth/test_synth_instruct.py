@@ -129,6 +129,9 @@ def test_precision_other_than_fp32_keys_the_cache_and_fp32_keeps_the_old_key(tin
     inst = InstructPredictor(str(path), 3, dtype="bf16", max_new_tokens=4)
     assert inst.settings["dtype"] == "bfloat16"
     assert len(inst.predict(["the tar command makes archives"])) == 1   # it generates in bf16
+    with pytest.raises(ValueError, match="dtype 'bf16' asked for, but the predictor given is loaded in torch.float32"):
+        CausalLMPredictor(str(path), model=lm, dtype="bf16")   # never ignored silently
+    assert CausalLMPredictor(str(path), model=lm, dtype="fp32").settings == fp32
     with pytest.raises(ValueError, match="dtype applies to the hf engine"):
         CausalLMPredictor(str(path), engine="llamacpp", dtype="bf16")
     # the option: checked before any work; auto keeps the fingerprint older versions wrote

@@ -218,7 +218,14 @@ class CausalLMPredictor:
                 torch.set_num_threads(threads)
             lm = model if model is not None else load_model(model_spec, device=device, dtype=dtype)
             self.tokenizer = lm.tokenizer
-            self._precision = precision_key(next(lm.model.parameters()).dtype)
+            weights = next(lm.model.parameters())
+            if model is not None and dtype not in (None, "auto"):
+                from longforge.models import resolve_dtype
+
+                if resolve_dtype(dtype, weights.device) != weights.dtype:
+                    raise ValueError(f"dtype {dtype!r} asked for, but the predictor given is "
+                                     f"loaded in {weights.dtype}")
+            self._precision = precision_key(weights.dtype)
             self.engine = HFEngine(lm.model, lm.tokenizer, batch_size, reuse_prefix, sort_by_length)
         elif engine == "llamacpp":
             if dtype not in (None, "auto"):
