@@ -7,7 +7,9 @@
 # the explicit `document` ablation (keywords from the text itself), each twice: with the default
 # `--group-boundary mix` (out/.../quest-<source>) and with `--group-boundary pad`
 # (quest-<source>-pad: one keyword per sequence, at the cost of padding; the second run reuses
-# the cached queries). Queries are one segment per document, cached per segment and resumable;
+# the cached queries); DRAWS="any shared" adds, for each, a run with `--keyword-draw shared`
+# (quest-<source>-shared[-pad]: the representative keyword drawn among those another document
+# also holds). Queries are one segment per document, cached per segment and resumable;
 # ENGINE (hf | llamacpp; CAUSAL_ENGINE / INSTRUCT_ENGINE for one source) generates them,
 # THREADS sets the engine's CPU threads (1 on cores other jobs share), DTYPE (CAUSAL_DTYPE /
 # INSTRUCT_DTYPE) the predictor's precision with ENGINE=hf (auto | fp32 | bf16), SHARDS and
@@ -18,8 +20,8 @@
 #     sh benchmarks/synth/make_report.sh
 # and with the instruct predictor in bf16 (reports/synth-full-instruct):
 #   PER_SOURCE=100000 OUT=out/synth-full-instruct REPORT=reports/synth-full-instruct \
-#     QUERY_SOURCES="instruct document" INSTRUCT_DTYPE=bf16 THREADS=1 SHARDS=8 WORKERS=2 \
-#     sh benchmarks/synth/make_report.sh
+#     QUERY_SOURCES="instruct document" DRAWS="any shared" INSTRUCT_DTYPE=bf16 THREADS=1 \
+#     SHARDS=8 WORKERS=2 sh benchmarks/synth/make_report.sh
 # One `longforge analyze` report compares them all: keyword coverage (documents with a keyword,
 # documents in keywords of >= 2), purity, intra-context cosine with intervals, domain spread and
 # the most frequent keywords (candidates for the stop list).
@@ -30,6 +32,7 @@ L=${L:-8192}
 PER_SOURCE=${PER_SOURCE:-60}
 QUERY_SOURCES=${QUERY_SOURCES:-"causal instruct document"}
 GROUP_BOUNDARIES=${GROUP_BOUNDARIES:-"mix pad"}
+DRAWS=${DRAWS:-any}
 ENGINE=${ENGINE:-hf}
 CAUSAL_ENGINE=${CAUSAL_ENGINE:-$ENGINE}
 INSTRUCT_ENGINE=${INSTRUCT_ENGINE:-$ENGINE}
@@ -57,13 +60,15 @@ for qs in $QUERY_SOURCES; do
     causal) predict="--predictor $CAUSAL_PREDICTOR --engine $CAUSAL_ENGINE --engine-threads $THREADS --dtype $CAUSAL_DTYPE" ;;
     instruct) predict="--predictor $INSTRUCT_PREDICTOR --engine $INSTRUCT_ENGINE --engine-threads $THREADS --dtype $INSTRUCT_DTYPE --queries-per-segment $K" ;;
   esac
-  for gb in $GROUP_BOUNDARIES; do
-    name=quest-$qs; [ $gb = pad ] && name=quest-$qs-pad
-    echo "== $name"
-    longforge $QUIET synth $OUT/corpus.jsonl -o $OUT/$name --method quest -L $L --seed 0 \
-      --query-source $qs --max-segments 1 --no-keyword standard --group-boundary $gb $predict \
-      --num-shards $SHARDS --workers $WORKERS
-    outputs="$outputs $OUT/$name"
+  for draw in $DRAWS; do
+    for gb in $GROUP_BOUNDARIES; do
+      name=quest-$qs; [ $draw = shared ] && name=$name-shared; [ $gb = pad ] && name=$name-pad
+      echo "== $name"
+      longforge $QUIET synth $OUT/corpus.jsonl -o $OUT/$name --method quest -L $L --seed 0 \
+        --query-source $qs --max-segments 1 --no-keyword standard --group-boundary $gb $predict \
+        --keyword-draw $draw --num-shards $SHARDS --workers $WORKERS
+      outputs="$outputs $OUT/$name"
+    done
   done
 done
 echo "== analyze"

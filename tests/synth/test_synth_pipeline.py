@@ -70,6 +70,50 @@ def test_no_keyword_standard_policy_packs_them(tmp_path):
     assert m["dropped_by_reason"] == {} and m["used"] == m["read"]
 
 
+def _shared_corpus(path: Path, shards: int = 1) -> Path:
+    """Documents whose queries name a shared subject and one of their own: drawn uniformly,
+    about half of them get the keyword no other document holds."""
+    lines = []
+    for i in range(12):
+        topic = ["kernel scheduler", "json parser", "gnu license"][i % 3]
+        lines.append(json.dumps({"id": f"d{i:02d}", "text": f"document {i} " + "word " * 30,
+                                 "source": topic.split()[0],
+                                 "queries": [f"what is the {topic}?",
+                                             f"what is unique identifier{i}x{i}"]}))
+    lines.append(json.dumps({"id": "alone", "text": "a lonely document " * 5, "source": "x",
+                             "queries": ["which lonely zebra crossing"]}))
+    lines.append(json.dumps({"id": "d00", "text": "a repeated id", "source": "x",
+                             "queries": ["which lonely zebra crossing"]}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_shared_draw_picks_keywords_other_documents_hold(tmp_path, shards):
+    from longforge.analyze.analyses import keyword_coverage
+    from longforge.analyze.data import load_output
+
+    corpus = _shared_corpus(tmp_path / "c.jsonl")
+    cfg = dict(inputs=[str(corpus)], method="quest", query_source="user", context_length=128,
+               seed=0, no_keyword="standard", num_shards=shards)
+    paper = run(SynthConfig(output=tmp_path / "any", **cfg))
+    m = run(SynthConfig(output=tmp_path / "shared", keyword_draw="shared", **cfg))
+    index = {r["keyword"]: r["doc_ids"]
+             for r in pq.read_table(tmp_path / "shared" / "index-00000.parquet").to_pylist()}
+    # every document with a shared candidate draws one; "alone" has none and keeps its own
+    assert sorted(index) == ["gnu license", "json parser", "kernel scheduler",
+                             "lonely zebra crossing"]
+    assert [len(index[k]) for k in sorted(index)] == [4, 4, 4, 1]
+    assert m["quest"]["keyword_draw"] == "shared" and m["quest"]["documents_without_keyword"] == 0
+    assert m["read"] == 13 and m["used"] + sum(m["dropped_by_reason"].values()) == 13
+    cov = keyword_coverage(load_output(tmp_path / "shared"))
+    assert (cov["with_keyword"], cov["in_shared_keywords"], cov["keywords"]) == (13, 12, 4)
+    # the paper's draw (any survivor) leaves some documents in keywords of their own
+    cov = keyword_coverage(load_output(tmp_path / "any"))
+    assert cov["with_keyword"] == 13 and cov["in_shared_keywords"] < 12 and cov["keywords"] > 4
+    assert paper["quest"]["keyword_draw"] == "any"
+
+
 def test_same_seed_same_bytes_other_seed_other_output(tmp_path):
     run(_cfg(tmp_path, "a", group_boundary="mix"))
     run(_cfg(tmp_path, "b", group_boundary="mix"))
@@ -146,6 +190,8 @@ def test_knn_groups_and_iclm_walks_through_similar_documents(tmp_path):
     (dict(iclm_k=0), "--iclm-k"), (dict(max_new_tokens=0), "--max-new-tokens"),
     (dict(num_shards=0), "--num-shards"), (dict(max_repeats=0), "--max-repeats"),
     (dict(min_score=float("nan")), "--min-score"), (dict(context_length=1), "--context-length"),
+    (dict(keyword_draw="weighted"), "--keyword-draw"),
+    (dict(keyword_draw="shared", method="standard"), "--keyword-draw"),
 ])
 def test_bad_options_fail_at_construction_naming_the_option(tmp_path, bad, option):
     with pytest.raises(ValueError, match=option):

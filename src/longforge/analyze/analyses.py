@@ -74,8 +74,12 @@ def keyword_coverage(out: SynthOutput) -> dict | None:
     sizes = Counter(r["keyword"] for r in out.docs.values() if r["keyword"] is not None)
     n, with_kw = len(out.docs), sum(sizes.values())
     shared = sum(c for c in sizes.values() if c >= 2)
-    return {"documents": n, "with_keyword": with_kw, "with_keyword_share": with_kw / n,
+    held = Counter(k for r in out.docs.values() for k in set(r.get("keywords") or ()))
+    can_share = sum(any(held[k] >= 2 for k in r.get("keywords") or ()) for r in out.docs.values())
+    return {"documents": n, "draw": out.manifest.get("parameters", {}).get("keyword_draw", "any"),
+            "with_keyword": with_kw, "with_keyword_share": with_kw / n,
             "in_shared_keywords": shared, "in_shared_keywords_share": shared / n,
+            "with_shared_candidate": can_share, "with_shared_candidate_share": can_share / n,
             "keywords": len(sizes), "shared_keywords": sum(c >= 2 for c in sizes.values())}
 
 

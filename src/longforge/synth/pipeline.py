@@ -34,7 +34,7 @@ from longforge.synth import baselines
 from longforge.synth.config import EXECUTION, PREDICTED_SOURCES, SynthConfig, cached_tokenizer
 from longforge.synth.engines import pad_id_of
 from longforge.synth.pack import Packer, Seq
-from longforge.synth.keywords import KeywordExtractor
+from longforge.synth.keywords import KeywordExtractor, representative_keyword
 from longforge.synth.prepare import PrepareTask, prompt_echo, read_texts, work_dir
 
 
@@ -76,22 +76,54 @@ def _prepare(cfg: SynthConfig, model=None):
 DOC_COLUMNS = ("id", "source", "n_tokens", "keyword")
 
 
+def keyword_document_counts(cfg: SynthConfig) -> Counter:
+    """How many documents hold each candidate keyword (every surviving keyword of a document,
+    not only the one drawn), over the per-shard tables; a repeated id counts once, as in
+    :func:`_load_docs`. Two columns are read per shard: memory grows with the keywords and ids,
+    not with the texts."""
+    seen: set[str] = set()
+    held: Counter = Counter()
+    for s in range(cfg.num_shards):
+        t = pq.read_table(work_dir(cfg.output) / f"docs-{s:05d}.parquet",
+                          columns=["id", "keywords"]).to_pydict()
+        for doc, kws in zip(t["id"], t["keywords"]):
+            if doc not in seen:
+                seen.add(doc)
+                held.update(set(kws or ()))
+    return held
+
+
+def shared_draw(candidates: list[str], held: Counter, seed: int, doc_id: str) -> str | None:
+    """``--keyword-draw shared``: the seeded draw of :func:`representative_keyword` among the
+    candidates that another document also holds, or among all of them when none is."""
+    return representative_keyword([k for k in candidates if held[k] >= 2] or candidates,
+                                  seed, doc_id)
+
+
 def _load_docs(cfg: SynthConfig):
     """Columns of the per-shard document tables (no texts), sorted by id so that the result
     does not depend on the shard count, and without the documents whose id an earlier shard
     already has (the first occurrence in input order wins, as with one reader).
 
+    With ``--keyword-draw shared`` (quest) each document's representative keyword is drawn
+    again (:func:`shared_draw`) from the candidate counts of the whole corpus.
+
     Also, for each document in that order, its row in the shard-order concatenation of the
     tables (``rows``, to pick its embedding) and its shard (``docs["shard"]``, to find its
     text); and the duplicates dropped (id, location and what they added to the counts)."""
     wd = work_dir(cfg.output)
+    held = keyword_document_counts(cfg) if cfg.keyword_draw == "shared" else None
     seen: set[str] = set()
     cols: dict[str, list] = {k: [] for k in DOC_COLUMNS}
     rows, shards, dups, base = [], [], [], 0
     for s in range(cfg.num_shards):
         path = wd / f"docs-{s:05d}.parquet"
         extra = [c for c in ("location", "counts") if c in pq.read_schema(path).names]
-        t = pq.read_table(path, columns=list(DOC_COLUMNS) + extra).to_pydict()
+        t = pq.read_table(path, columns=list(DOC_COLUMNS) + extra
+                          + (["keywords"] if held is not None else [])).to_pydict()
+        if held is not None:
+            t["keyword"] = [shared_draw(kws or [], held, cfg.seed, doc)
+                            for doc, kws in zip(t["id"], t["keywords"])]
         for i, doc in enumerate(t["id"]):
             if doc in seen:
                 dups.append({"id": doc, **{c: t[c][i] for c in extra}})
@@ -382,6 +414,7 @@ def run(cfg: SynthConfig, model=None) -> dict:
         manifest.extra["quest"] = {
             **{k: v for k, v in info.items() if k not in ("index", "keyword_of_pass")},
             "documents_without_keyword": no_kw, "no_keyword_policy": cfg.no_keyword,
+            "keyword_draw": cfg.keyword_draw,
             "prompt_example_keywords": echo.keywords if echo else [],
             "query_issues": issues,
             "top_keywords": [[k, usage[k]] for k, _ in sorted(usage.items(),
