@@ -70,7 +70,7 @@ def test_no_keyword_standard_policy_packs_them(tmp_path):
     assert m["dropped_by_reason"] == {} and m["used"] == m["read"]
 
 
-def _shared_corpus(path: Path, shards: int = 1) -> Path:
+def _shared_corpus(path: Path) -> Path:
     """Documents whose queries name a shared subject and one of their own: drawn uniformly,
     about half of them get the keyword no other document holds."""
     lines = []

