@@ -87,16 +87,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+               "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")   # what --dtype options offer
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     if dtype is None or dtype == "auto":
         return default_dtype(device)
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-             "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(names)}")
-    return names[dtype]
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPE_NAMES)}")
+    return DTYPE_NAMES[dtype]
 
 
 @dataclass

@@ -22,7 +22,6 @@ PREDICTED_SOURCES = ("causal", "seq2seq", "instruct")   # the sources a model pr
 DEFAULT_PREDICTORS = {"instruct": "qwen2.5-coder-0.5b-instruct"}
 DEFAULT_PREDICTOR = "gemma-3-270m"
 ENGINES = ("hf", "llamacpp")
-DTYPES = ("auto", "fp32", "bf16", "fp16")
 NO_KEYWORD_POLICIES = ("drop", "standard")
 # How a document's representative keyword is drawn (seeded, uniform) among its candidates: any
 # of them (the paper), or only those another document of the corpus also holds when it has any
@@ -184,10 +183,11 @@ class SynthConfig:
         yield from self._query_checks(one_of)
 
     def _query_checks(self, one_of):
+        from longforge.models import DTYPE_CHOICES
         from longforge.synth.engines import is_gguf_spec, llamacpp_available
 
         yield one_of(self.engine, "--engine", ENGINES)
-        yield one_of(self.dtype, "--dtype", DTYPES)
+        yield one_of(self.dtype, "--dtype", DTYPE_CHOICES)
         yield (self.dtype == "auto" or self.engine == "hf",
                "--dtype applies to --engine hf (llama.cpp runs the GGUF file's own types)")
         yield (self.queries_per_segment == 1 or self.query_source == "instruct",
