@@ -9,7 +9,10 @@
 # (quest-<source>-pad: one keyword per sequence, at the cost of padding; the second run reuses
 # the cached queries); DRAWS="any shared" adds, for each, a run with `--keyword-draw shared`
 # (quest-<source>-shared[-pad]: the representative keyword drawn among those another document
-# also holds). Queries are one segment per document, cached per segment and resumable;
+# also holds), and "join" one with `--keyword-draw join` (quest-<source>-join[-pad]: then a
+# document alone on its keyword joins one another document drew). Queries are predicted for
+# the first SEGMENTS segments of 256 tokens of each document (default 1), cached per segment
+# and resumable;
 # ENGINE (hf | llamacpp; CAUSAL_ENGINE / INSTRUCT_ENGINE for one source) generates them,
 # THREADS sets the engine's CPU threads (1 on cores other jobs share), DTYPE (CAUSAL_DTYPE /
 # INSTRUCT_DTYPE) the predictor's precision with ENGINE=hf (auto | fp32 | bf16), SHARDS and
@@ -20,8 +23,8 @@
 #     sh benchmarks/synth/make_report.sh
 # and with the instruct predictor in bf16 (reports/synth-full-instruct):
 #   PER_SOURCE=100000 OUT=out/synth-full-instruct REPORT=reports/synth-full-instruct \
-#     QUERY_SOURCES="instruct document" DRAWS="any shared" INSTRUCT_DTYPE=bf16 THREADS=1 \
-#     SHARDS=8 WORKERS=2 sh benchmarks/synth/make_report.sh
+#     QUERY_SOURCES="instruct document" DRAWS="any shared join" INSTRUCT_DTYPE=bf16 \
+#     THREADS=1 SHARDS=8 WORKERS=2 sh benchmarks/synth/make_report.sh
 # One `longforge analyze` report compares them all: keyword coverage (documents with a keyword,
 # documents in keywords of >= 2), purity, intra-context cosine with intervals, domain spread and
 # the most frequent keywords (candidates for the stop list).
@@ -43,6 +46,7 @@ INSTRUCT_DTYPE=${INSTRUCT_DTYPE:-$DTYPE}
 SHARDS=${SHARDS:-1}
 WORKERS=${WORKERS:-1}
 K=${K:-0}            # queries per segment of the instruct source (0: its default, 3)
+SEGMENTS=${SEGMENTS:-1}  # segments per document whose queries are predicted (first ones)
 CAUSAL_PREDICTOR=${CAUSAL_PREDICTOR:-gemma-3-270m}
 INSTRUCT_PREDICTOR=${INSTRUCT_PREDICTOR:-qwen2.5-coder-0.5b-instruct}
 OUT=${OUT:-out/synth-report}
@@ -62,10 +66,10 @@ for qs in $QUERY_SOURCES; do
   esac
   for draw in $DRAWS; do
     for gb in $GROUP_BOUNDARIES; do
-      name=quest-$qs; [ $draw = shared ] && name=$name-shared; [ $gb = pad ] && name=$name-pad
+      name=quest-$qs; [ $draw = any ] || name=$name-$draw; [ $gb = pad ] && name=$name-pad
       echo "== $name"
       longforge $QUIET synth $OUT/corpus.jsonl -o $OUT/$name --method quest -L $L --seed 0 \
-        --query-source $qs --max-segments 1 --no-keyword standard --group-boundary $gb $predict \
+        --query-source $qs --max-segments $SEGMENTS --no-keyword standard --group-boundary $gb $predict \
         --keyword-draw $draw --num-shards $SHARDS --workers $WORKERS
       outputs="$outputs $OUT/$name"
     done

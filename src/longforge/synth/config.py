@@ -25,8 +25,9 @@ ENGINES = ("hf", "llamacpp")
 NO_KEYWORD_POLICIES = ("drop", "standard")
 # How a document's representative keyword is drawn (seeded, uniform) among its candidates: any
 # of them (the paper), or only those another document of the corpus also holds when it has any
-# (shared; a keyword no other document holds groups nothing), else any.
-KEYWORD_DRAWS = ("any", "shared")
+# (shared; a keyword no other document holds groups nothing), else any; join: shared, then a
+# document left alone on its keyword moves to one of its candidates another document drew.
+KEYWORD_DRAWS = ("any", "shared", "join")
 FORMATS = ("jsonl", "jsonl.gz", "parquet")
 # (attribute, option named in errors, lowest value) of the integer options; _OPTIONAL may be None.
 _INTEGER_MINIMA = (
@@ -106,7 +107,7 @@ class SynthConfig:
     engine: str = "hf"                      # hf | llamacpp (causal, instruct)
     engine_threads: int = 0                 # CPU threads of query generation; 0: torch's
     stop_generic: bool = True               # also stop keywords.GENERIC_KEYWORDS
-    keyword_draw: str = "any"               # any (the paper) | shared (see KEYWORD_DRAWS)
+    keyword_draw: str = "any"               # any (the paper) | shared | join (KEYWORD_DRAWS)
     # faster embedding (knn, iclm; docs/scale.md): fewer tokens per document, int8 weights
     embed_max_tokens: int | None = None     # None: the model's own limit (256 for MiniLM)
     embed_quantize: str | None = None       # None or "int8"

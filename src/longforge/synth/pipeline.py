@@ -100,21 +100,46 @@ def shared_draw(candidates: list[str], held: Counter, seed: int, doc_id: str) ->
                                   seed, doc_id)
 
 
+def join_singletons(ids: list[str], drawn: list[str | None], candidates: list[list[str]],
+                    seed: int) -> list[str | None]:
+    """``--keyword-draw join``: after the shared draw, each document (in ``ids`` order, id-sorted
+    by the caller) that is alone on its drawn keyword moves to one of its candidates that
+    another document drew, if it has any (seeded draw among them, as
+    :func:`representative_keyword`). Counts are updated as documents move: the keyword a
+    document leaves held only it, and the one it joins then holds two or more, so a move never
+    leaves another document alone, and one pass in a fixed order is enough."""
+    count = Counter(k for k in drawn if k is not None)
+    out = list(drawn)
+    for i, (doc, kws) in enumerate(zip(ids, candidates)):
+        k = out[i]
+        if k is None or count[k] != 1:
+            continue
+        joinable = [c for c in kws if c != k and count[c] >= 1]
+        if joinable:
+            out[i] = representative_keyword(joinable, seed, doc)
+            count[k] -= 1
+            count[out[i]] += 1
+    return out
+
+
 def _load_docs(cfg: SynthConfig):
     """Columns of the per-shard document tables (no texts), sorted by id so that the result
     does not depend on the shard count, and without the documents whose id an earlier shard
     already has (the first occurrence in input order wins, as with one reader).
 
-    With ``--keyword-draw shared`` (quest) each document's representative keyword is drawn
-    again (:func:`shared_draw`) from the candidate counts of the whole corpus.
+    With ``--keyword-draw shared`` or ``join`` (quest) each document's representative keyword
+    is drawn again (:func:`shared_draw`) from the candidate counts of the whole corpus; with
+    ``join`` the documents left alone on theirs then join another's (:func:`join_singletons`;
+    this keeps every document's candidate list in memory until then).
 
     Also, for each document in that order, its row in the shard-order concatenation of the
     tables (``rows``, to pick its embedding) and its shard (``docs["shard"]``, to find its
     text); and the duplicates dropped (id, location and what they added to the counts)."""
     wd = work_dir(cfg.output)
-    held = keyword_document_counts(cfg) if cfg.keyword_draw == "shared" else None
+    held = keyword_document_counts(cfg) if cfg.keyword_draw in ("shared", "join") else None
     seen: set[str] = set()
     cols: dict[str, list] = {k: [] for k in DOC_COLUMNS}
+    candidates: list[list[str]] = []   # --keyword-draw join only
     rows, shards, dups, base = [], [], [], 0
     for s in range(cfg.num_shards):
         path = wd / f"docs-{s:05d}.parquet"
@@ -131,12 +156,18 @@ def _load_docs(cfg: SynthConfig):
             seen.add(doc)
             for k in DOC_COLUMNS:
                 cols[k].append(t[k][i])
+            if cfg.keyword_draw == "join":
+                candidates.append(t["keywords"][i] or [])
             rows.append(base + i)
             shards.append(s)
         base += len(t["id"])
     del seen
     order = sorted(range(len(cols["id"])), key=cols["id"].__getitem__)
     docs = {k: [v[i] for i in order] for k, v in cols.items()}
+    if cfg.keyword_draw == "join":
+        docs["keyword"] = join_singletons(docs["id"], docs["keyword"],
+                                          [candidates[i] for i in order], cfg.seed)
+        del candidates
     docs["shard"] = [shards[i] for i in order]
     return docs, np.asarray(rows, dtype=np.int64)[order], dups
 
