@@ -88,16 +88,25 @@ def _shared_corpus(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("shards", [1, 3])
-def test_shared_draw_picks_keywords_other_documents_hold(tmp_path, shards):
+def _draws(tmp_path, corpus: Path, shards: int, draws: tuple[str, ...]) -> dict:
+    """Quest over ``corpus`` with each ``--keyword-draw`` in ``draws`` (user queries): per draw,
+    the manifest and the keyword coverage `longforge analyze` reports."""
     from longforge.analyze.analyses import keyword_coverage
     from longforge.analyze.data import load_output
 
-    corpus = _shared_corpus(tmp_path / "c.jsonl")
     cfg = dict(inputs=[str(corpus)], method="quest", query_source="user", context_length=128,
                seed=0, no_keyword="standard", num_shards=shards)
-    paper = run(SynthConfig(output=tmp_path / "any", **cfg))
-    m = run(SynthConfig(output=tmp_path / "shared", keyword_draw="shared", **cfg))
+    out = {}
+    for draw in draws:
+        m = run(SynthConfig(output=tmp_path / draw, keyword_draw=draw, **cfg))
+        out[draw] = (m, keyword_coverage(load_output(tmp_path / draw)))
+    return out
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_shared_draw_picks_keywords_other_documents_hold(tmp_path, shards):
+    res = _draws(tmp_path, _shared_corpus(tmp_path / "c.jsonl"), shards, ("any", "shared"))
+    m, cov = res["shared"]
     index = {r["keyword"]: r["doc_ids"]
              for r in pq.read_table(tmp_path / "shared" / "index-00000.parquet").to_pylist()}
     # every document with a shared candidate draws one; "alone" has none and keeps its own
@@ -106,10 +115,9 @@ def test_shared_draw_picks_keywords_other_documents_hold(tmp_path, shards):
     assert [len(index[k]) for k in sorted(index)] == [4, 4, 4, 1]
     assert m["quest"]["keyword_draw"] == "shared" and m["quest"]["documents_without_keyword"] == 0
     assert m["read"] == 13 and m["used"] + sum(m["dropped_by_reason"].values()) == 13
-    cov = keyword_coverage(load_output(tmp_path / "shared"))
     assert (cov["with_keyword"], cov["in_shared_keywords"], cov["keywords"]) == (13, 12, 4)
     # the paper's draw (any survivor) leaves some documents in keywords of their own
-    cov = keyword_coverage(load_output(tmp_path / "any"))
+    paper, cov = res["any"]
     assert cov["with_keyword"] == 13 and cov["in_shared_keywords"] < 12 and cov["keywords"] > 4
     assert paper["quest"]["keyword_draw"] == "any"
 
@@ -143,16 +151,8 @@ def _pairs_corpus(path: Path) -> Path:
 
 @pytest.mark.parametrize("shards", [1, 3])
 def test_join_draw_pairs_documents_the_shared_draw_leaves_alone(tmp_path, shards):
-    from longforge.analyze.analyses import keyword_coverage
-    from longforge.analyze.data import load_output
-
-    corpus = _pairs_corpus(tmp_path / "c.jsonl")
-    cfg = dict(inputs=[str(corpus)], method="quest", query_source="user", context_length=128,
-               seed=0, no_keyword="standard", num_shards=shards)
-    run(SynthConfig(output=tmp_path / "shared", keyword_draw="shared", **cfg))
-    m = run(SynthConfig(output=tmp_path / "join", keyword_draw="join", **cfg))
-    shared = keyword_coverage(load_output(tmp_path / "shared"))
-    joined = keyword_coverage(load_output(tmp_path / "join"))
+    res = _draws(tmp_path, _pairs_corpus(tmp_path / "c.jsonl"), shards, ("shared", "join"))
+    (_, shared), (m, joined) = res["shared"], res["join"]
     assert shared["in_shared_keywords"] < 16            # some pairs split under the shared draw
     assert (joined["with_keyword"], joined["in_shared_keywords"], joined["keywords"]) == (16, 16, 8)
     assert m["quest"]["keyword_draw"] == "join" and m["used"] == 16
