@@ -100,8 +100,8 @@ def shared_draw(candidates: list[str], held: Counter, seed: int, doc_id: str) ->
                                   seed, doc_id)
 
 
-def join_singletons(ids: list[str], drawn: list[str | None], candidates: list[list[str]],
-                    seed: int) -> list[str | None]:
+def join_singletons(ids: list[str], drawn: list[str | None],
+                    candidates: list[list[str] | None], seed: int) -> list[str | None]:
     """``--keyword-draw join``: after the shared draw, each document (in ``ids`` order, id-sorted
     by the caller) that is alone on its drawn keyword moves to one of its candidates that
     another document drew, if it has any (seeded draw among them, as
@@ -114,7 +114,7 @@ def join_singletons(ids: list[str], drawn: list[str | None], candidates: list[li
         k = out[i]
         if k is None or count[k] != 1:
             continue
-        joinable = [c for c in kws if c != k and count[c] >= 1]
+        joinable = [c for c in kws or () if c != k and count[c] >= 1]
         if joinable:
             out[i] = representative_keyword(joinable, seed, doc)
             count[k] -= 1
@@ -138,8 +138,9 @@ def _load_docs(cfg: SynthConfig):
     wd = work_dir(cfg.output)
     held = keyword_document_counts(cfg) if cfg.keyword_draw in ("shared", "join") else None
     seen: set[str] = set()
-    cols: dict[str, list] = {k: [] for k in DOC_COLUMNS}
-    candidates: list[list[str]] = []   # --keyword-draw join only
+    # --keyword-draw join also keeps each document's candidates, sorted with the rest
+    kept = list(DOC_COLUMNS) + (["keywords"] if cfg.keyword_draw == "join" else [])
+    cols: dict[str, list] = {k: [] for k in kept}
     rows, shards, dups, base = [], [], [], 0
     for s in range(cfg.num_shards):
         path = wd / f"docs-{s:05d}.parquet"
@@ -154,10 +155,8 @@ def _load_docs(cfg: SynthConfig):
                 dups.append({"id": doc, **{c: t[c][i] for c in extra}})
                 continue
             seen.add(doc)
-            for k in DOC_COLUMNS:
+            for k in kept:
                 cols[k].append(t[k][i])
-            if cfg.keyword_draw == "join":
-                candidates.append(t["keywords"][i] or [])
             rows.append(base + i)
             shards.append(s)
         base += len(t["id"])
@@ -165,9 +164,8 @@ def _load_docs(cfg: SynthConfig):
     order = sorted(range(len(cols["id"])), key=cols["id"].__getitem__)
     docs = {k: [v[i] for i in order] for k, v in cols.items()}
     if cfg.keyword_draw == "join":
-        docs["keyword"] = join_singletons(docs["id"], docs["keyword"],
-                                          [candidates[i] for i in order], cfg.seed)
-        del candidates
+        docs["keyword"] = join_singletons(docs["id"], docs["keyword"], docs.pop("keywords"),
+                                          cfg.seed)
     docs["shard"] = [shards[i] for i in order]
     return docs, np.asarray(rows, dtype=np.int64)[order], dups
 
