@@ -51,12 +51,14 @@ def test_synth_takes_quiet_after_the_subcommand_and_writes_under_out_by_default(
 
 def test_eval_and_bench_write_under_out_and_old_out_spelling_warns(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LONGFORGE_CACHE", str(tmp_path / "cache"))
     args = ["eval", "passkey", "--model", "tiny-llama", "--lengths", "160", "--depths", "0.5",
             "--methods", "dense", "--methods", "quest", "--budgets", "64", "--tail", "4",
             "--max-new", "2", "-q"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert (tmp_path / "out" / "eval" / "passkey" / "results.jsonl").exists()
+    assert len(list((tmp_path / "cache" / "prefix-banks").glob("*.safetensors"))) == 1
     res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "old")])
     assert res.exit_code == 0, res.output
     assert "--out is deprecated" in res.output and (tmp_path / "old" / "settings.json").exists()

@@ -193,6 +193,32 @@ def test_the_prefix_bank_gives_each_sample_what_its_own_prefill_gives(tok):
             assert shared == alone
 
 
+def test_a_kept_prefix_bank_is_read_back_instead_of_prefilled(tok, tmp_path, monkeypatch,
+                                                              caplog):
+    """A resumed grid reads the shared prefill from disk: the same decodes as the bank that was
+    prefilled; a damaged file is prefilled again (with a warning), other settings get their own
+    file."""
+    from longforge.sparse import Dense, sparse_attention
+
+    m = tiny_model("tiny-qwen2", vocab_size=len(tok))
+    free, methods = passkey.needle_free(tok, 400), parse_methods("dense,quest,h2o", "32")
+    ids, _ = passkey.build(tok, 380, 0.6, seed=3)
+    real, calls = runner.prefill, []
+    monkeypatch.setattr(runner, "prefill", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    with sparse_attention(m, Dense()):
+        made = runner.PrefixBank(m, free, 8, track_scores=True, align=64, directory=tmp_path)
+        assert not made.loaded and made.path.exists() and calls == [len(free)]
+        read = runner.PrefixBank(m, free, 8, track_scores=True, align=64, directory=tmp_path)
+        assert read.loaded and calls == [len(free)]  # no second prefill
+        assert runner.run_sample(m, ids, methods, 8, 3, 8, 0, bank=read) == \
+            runner.run_sample(m, ids, methods, 8, 3, 8, 0, bank=made)
+        other = runner.PrefixBank(m, free, 16, track_scores=True, align=64, directory=tmp_path)
+        assert not other.loaded and other.path != made.path
+        made.path.write_bytes(made.path.read_bytes()[:1000])
+        again = runner.PrefixBank(m, free, 8, track_scores=True, align=64, directory=tmp_path)
+    assert not again.loaded and "prefilling again" in caplog.text
+
+
 def test_one_policy_at_the_same_tokens_is_decoded_once(tok, model, monkeypatch):
     calls = []
     real = runner.decode

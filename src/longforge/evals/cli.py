@@ -77,6 +77,7 @@ def _grid(task: str, model, lengths, depths, trials, methods, budgets, out, tail
     from longforge.evals import niah, passkey
     from longforge.evals.report import write_report
     from longforge.evals.runner import numbers_done, run_grid
+    from longforge.models import cache_dir
     from longforge.progress import say
 
     if task == "passkey":
@@ -91,7 +92,7 @@ def _grid(task: str, model, lengths, depths, trials, methods, budgets, out, tail
     run_grid(task, lm.model, lm.tokenizer, build, score, split(lengths, int), split(depths, float),
              trials, ms, out, tail=tail, max_new=max_new, page_size=page_size,
              dense_layers=dense_layers, seed=seed, settings={"model": model, **(settings or {})},
-             stop=stop, needle_free=free)
+             stop=stop, needle_free=free, bank_dir=cache_dir() / "prefix-banks")
     write_report(out)
     say(f"{task}: tables and heatmaps under {Path(out).resolve()}")
     typer.echo((Path(out) / "summary.md").read_text())

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,8 @@ import torch
 from longforge.models import cache_kw
 from longforge.sparse.hf import SparseCache
 from longforge.sparse.policies import Policy, make_policy
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -180,13 +184,28 @@ class PrefixBank:
     multiple of ``align``) and prefills only the rest (the needle and what follows it). Its
     keys, values, page metadata and (for H2O) prefill attention scores are those a prefill of
     the same tokens gives (cut at a score snapshot). Only for models whose every layer is full
-    attention; elsewhere each sample is prefilled whole."""
+    attention; elsewhere each sample is prefilled whole.
+
+    With ``directory`` the bank is also kept on disk (one safetensors file, written atomically)
+    under a key of everything it depends on: the weights' fingerprint, dtype, page size, score
+    tracking, ``align``, ``chunk`` and the tokens. A rerun of the same grid (resume) reads it
+    instead of prefilling again (a 32K prefill takes tens of minutes on a CPU); a file that
+    cannot be read is prefilled again, with a warning."""
 
     def __init__(self, model, ids: list[int], page_size: int, track_scores: bool,
-                 align: int = 512, chunk: int = PREFILL_CHUNK):
+                 align: int = 512, chunk: int = PREFILL_CHUNK, directory: Path | None = None):
         self.ids, self.align = torch.tensor(ids), align
-        self.cache = prefill(model, ids, len(ids), track_scores, page_size, chunk,
-                             snapshot_every=align if track_scores else None)
+        self.path = self.loaded = None
+        if directory is not None:
+            key = _bank_key(model, ids, page_size, track_scores, align, chunk)
+            self.path = Path(directory) / f"{key}.safetensors"
+            self.cache = self._read(model, len(ids), page_size, track_scores)
+            self.loaded = self.cache is not None
+        if not self.loaded:
+            self.cache = prefill(model, ids, len(ids), track_scores, page_size, chunk,
+                                 snapshot_every=align if track_scores else None)
+            if self.path is not None:
+                self._write()
 
     def start(self, ids: list[int], max_len: int) -> tuple[SparseCache | None, int]:
         """``(cache holding the shared prefix, its length)`` for a prompt ``ids``, or (None, 0)."""
@@ -197,6 +216,77 @@ class PrefixBank:
         if lcp == 0:
             return None, 0
         return self.cache.prefix(lcp, max_len), lcp
+
+    # ------------------------------------------------------------------ on disk
+    def _metadata(self) -> dict[str, str]:
+        return {"longforge_prefix_bank": str(BANK_FORMAT), "key": self.path.stem,
+                "tokens": str(len(self.ids))}
+
+    def _write(self) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {}
+        for i, layer in enumerate(self.cache.layers):
+            n = layer.store.length
+            tensors[f"{i}.k"] = layer.store.k[:, :, :n]
+            tensors[f"{i}.v"] = layer.store.v[:, :, :n]
+            for at, scores in layer.snapshots.items():
+                tensors[f"{i}.scores@{at}"] = scores
+        tensors = {k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            save_file(tensors, str(tmp), metadata=self._metadata())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("prefix bank: could not write %s: %s", self.path, exc)
+            tmp.unlink(missing_ok=True)
+
+    def _read(self, model, n: int, page_size: int, track_scores: bool) -> SparseCache | None:
+        from safetensors import safe_open
+
+        if not self.path.exists():
+            return None
+        try:
+            with safe_open(str(self.path), framework="pt", device=str(model.device)) as f:
+                if f.metadata() != self._metadata():
+                    raise ValueError("made for other settings")
+                names = set(f.keys())
+                cache = SparseCache(model, max_len=n, page_size=page_size,
+                                    track_scores=track_scores,
+                                    snapshot_every=self.align if track_scores else None)
+                for i, layer in enumerate(cache.layers):
+                    layer.update(f.get_tensor(f"{i}.k"), f.get_tensor(f"{i}.v"))
+                    snaps = sorted(int(k.rsplit("@", 1)[1]) for k in names
+                                   if k.startswith(f"{i}.scores@"))
+                    layer.snapshots = {at: f.get_tensor(f"{i}.scores@{at}") for at in snaps}
+                    if layer.get_seq_length() != n or (track_scores and not snaps):
+                        raise ValueError(f"layer {i} holds {layer.get_seq_length()} tokens")
+        except Exception as exc:  # a truncated or foreign file: prefill again
+            log.warning("prefix bank: %s cannot be used (%s); prefilling again", self.path, exc)
+            return None
+        log.info("prefix bank: %d tokens read from %s", n, self.path)
+        return cache
+
+
+# Version of the prefix bank file (part of its key and its metadata).
+BANK_FORMAT = 1
+
+
+def _bank_key(model, ids: list[int], page_size: int, track_scores: bool, align: int,
+              chunk: int) -> str:
+    import hashlib
+
+    import numpy as np
+
+    from longforge.models import weights_fingerprint
+
+    h = hashlib.sha256(json.dumps(
+        {"format": BANK_FORMAT, "weights": weights_fingerprint(model), "dtype": str(model.dtype),
+         "page_size": page_size, "scores": track_scores, "align": align, "chunk": chunk},
+        sort_keys=True).encode())
+    h.update(np.asarray(ids, dtype="<i8").tobytes())
+    return f"{len(ids)}-{h.hexdigest()[:24]}"
 
 
 def run_sample(model, ids: list[int], methods: list[Method], tail: int, max_new: int,
@@ -238,7 +328,8 @@ def first_int(text: str) -> int | None:
 def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials: int,
              methods: list[Method], out_dir: Path, tail: int = 64, max_new: int = 12,
              page_size: int = 16, dense_layers: int | str = "auto", seed: int = 0,
-             settings: dict | None = None, stop=None, needle_free=None) -> Results:
+             settings: dict | None = None, stop=None, needle_free=None,
+             bank_dir: Path | None = None) -> Results:
     """Every (length, depth, trial) sample through every method; resumable.
 
     ``build(tokenizer, length, depth, rng_seed) -> (ids, expected)``;
@@ -247,7 +338,8 @@ def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials:
     greedy decode's stop rule (default: a number followed by something else).
     ``needle_free(tokenizer, length) -> ids``: the prompt every sample starts with up to its
     first needle; given, one :class:`PrefixBank` of the longest length serves every sample
-    (models whose every layer is full attention).
+    (models whose every layer is full attention), kept in ``bank_dir`` when given (a resumed
+    grid reads it instead of prefilling again).
     """
     from longforge.progress import progress, say
     from longforge.sparse.hf import sparse_attention
@@ -263,10 +355,14 @@ def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials:
     bank = None
     with sparse_attention(model, Dense()):
         if needle_free is not None and todo and all(k == "full_attention" for k in SparseCache.layer_kinds(model)):
-            say(f"{task}: one dense prefill of the shared instruction + haystack "
-                f"({max(c[0] for c in todo)} tokens) for every sample")
-            bank = PrefixBank(model, needle_free(tokenizer, max(c[0] for c in todo)), page_size,
-                              track_scores=any(m.name == "h2o" for m in methods))
+            longest = max(c[0] for c in todo)
+            say(f"{task}: one dense prefill of the shared instruction + haystack ({longest} "
+                "tokens) for every sample")
+            bank = PrefixBank(model, needle_free(tokenizer, longest), page_size,
+                              track_scores=any(m.name == "h2o" for m in methods),
+                              directory=bank_dir)
+            if bank.loaded:
+                say(f"{task}: that prefill was read from {bank.path}")
         for L, d, t in progress(cells, desc=task, unit="sample"):
             rows = {m: _row(task, m, L, d, t) for m in methods}
             skip = {m for m, r in rows.items() if res.done(r)}

@@ -20,6 +20,7 @@ chat model's ``generation_config.eos_token_id`` lists every end-of-turn token.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import logging
 import os
@@ -56,6 +57,17 @@ def cache_arg(model) -> str:
 def cache_kw(model, cache) -> dict:
     """``{cache_arg(model): cache}``: pass a KV cache to ``model(...)`` on any transformers 5.x."""
     return {cache_arg(model): cache}
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 over the model's config and every tensor of its state dict (names, shapes, dtypes,
+    bytes): two models share a fingerprint only if they compute the same KV."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    h.update(model.config.to_json_string(use_diff=False).encode())
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def default_device() -> torch.device:

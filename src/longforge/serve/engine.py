@@ -26,10 +26,10 @@ from typing import Callable
 import torch
 
 from longforge.evals.runner import body
-from longforge.models import cache_kw
+from longforge.models import cache_kw, weights_fingerprint
 from longforge.models.chat import is_chat_model, stop_token_ids
 from longforge.serve.kvcache import (DocumentCache, ModelIdentity, block_keys, capture,
-                                     new_cache, restore, stop_recording, weights_fingerprint)
+                                     new_cache, restore, stop_recording)
 from longforge.sparse.hf import sparse_attention
 from longforge.sparse.policies import NAMES, Dense, Policy, make_policy
 

@@ -47,17 +47,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
-def weights_fingerprint(model) -> str:
-    """sha256 over the model's config and every tensor of its state dict (names, shapes, dtypes,
-    bytes): two models share a fingerprint only if they compute the same KV."""
-    h = hashlib.sha256(type(model).__name__.encode())
-    h.update(model.config.to_json_string(use_diff=False).encode())
-    for name, t in model.state_dict().items():
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class ModelIdentity:
     """Everything a cached KV depends on besides the tokens."""
