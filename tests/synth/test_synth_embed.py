@@ -30,3 +30,36 @@ def test_bad_embedding_options_fail_by_name(tmp_path):
         SynthConfig(inputs=["x"], output=tmp_path, method="knn", embed_max_tokens=2)
     with pytest.raises(ValueError, match="--embed-device"):
         SynthConfig(inputs=["x"], output=tmp_path, method="knn", embed_device="tpu")
+
+
+def test_neighbours_are_copies_first_then_exact_score_then_position_whatever_the_threads():
+    """Copies of one vector and near-ties come out in one order: faiss's float32 search with
+    another thread count must not change a document's neighbours (or the KNN/ICLM groups)."""
+    import faiss
+
+    from longforge.synth.embed import neighbours
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(40, 16)).astype(np.float32)
+    emb = np.concatenate([base, base[[3] * 6], base[:10] + 1e-7]).astype(np.float32)
+    emb = emb[rng.permutation(len(emb))]
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    k = 9
+    first = {v.tobytes(): i for i, v in reversed(list(enumerate(emb)))}
+    score = (emb.astype(np.float64) @ emb.astype(np.float64).T).astype(np.float32)
+
+    def expected(i):
+        others = [j for j in range(len(emb)) if j != i]
+        same = [j for j in others if emb[j].tobytes() == emb[i].tobytes()]
+        rest = sorted((j for j in others if j not in same),
+                      key=lambda j: (-score[i, j], first[emb[j].tobytes()], j))
+        return (same + rest)[:k]
+
+    runs = []
+    for threads in (1, 2):
+        faiss.omp_set_num_threads(threads)
+        nb, kind = neighbours(emb, k, "flat")
+        runs.append(nb)
+    assert kind == "flat" and np.array_equal(runs[0], runs[1])
+    assert [runs[0][i].tolist() for i in range(len(emb))] == [expected(i) for i in range(len(emb))]
+    assert neighbours(emb[:3], 5, "flat")[0][:, 2:].tolist() == [[-1] * 3] * 3  # -1 pads
