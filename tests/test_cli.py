@@ -51,7 +51,7 @@ def test_synth_takes_quiet_after_the_subcommand_and_writes_under_out_by_default(
 
 def test_eval_and_bench_write_under_out_and_old_out_spelling_warns(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LONGFORGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("longforge.models.cache_dir", lambda: tmp_path / "cache")  # banks only
     args = ["eval", "passkey", "--model", "tiny-llama", "--lengths", "160", "--depths", "0.5",
             "--methods", "dense", "--methods", "quest", "--budgets", "64", "--tail", "4",
             "--max-new", "2", "-q"]
