@@ -174,6 +174,26 @@ def test_multikey_and_multivalue_needles(tok):
         niah.build(tok, 900, 0.3, seed=5, variant="triple")
 
 
+def test_a_listed_multivalue_answer_is_not_cut_at_its_list_markers(tok):
+    """"1. 9035508\n2. 4917937\n" holds two values, not four numbers: the multi-value stop
+    rule counts numbers of the values' length only; the report gives the share recalled."""
+    from longforge.evals.report import markdown, summarize
+
+    enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
+    two, four = "1. 9035508\n2. 4917937\n", "1. 9035508\n2. 4917937\n3. 1234567\n4. 7654321\n"
+    stop = runner.numbers_done(tok, 4, digits=niah.VALUE_DIGITS)
+    assert not stop(enc(two)) and stop(enc(four))
+    assert runner.numbers_done(tok, 4)(enc(two))  # counting every number stops too early
+    values = ["9035508", "4917937", "1234567", "7654321"]
+    assert niah.recall(two, values) == 0.5 and niah.recall(four, values) == 1.0
+    rows = [dict(task="niah-multivalue", method=m, budget=b, length=100, depth=0.5, trial=t,
+                 expected=values, output=out, correct=niah.score(out, values))
+            for t in range(2) for m, b, out in (("dense", "-", four), ("quest", "64", two))]
+    s = summarize(rows)
+    assert [(r["method"], r["value"]) for r in s["recall"]] == [("dense", 1.0), ("quest", 0.5)]
+    assert "| quest | 64 | 50% |" in markdown("niah-multivalue", s)
+
+
 def test_the_prefix_bank_gives_each_sample_what_its_own_prefill_gives(tok):
     """Samples that share the instruction + haystack prefix reuse one prefill: the decoded
     outputs of every policy (H2O's prefill scores too) equal those of a whole prefill."""

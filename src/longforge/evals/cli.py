@@ -88,7 +88,8 @@ def _grid(task: str, model, lengths, depths, trials, methods, budgets, out, tail
         free = functools.partial(niah.needle_free, haystack=haystack)
     ms, dense_layers = _methods(methods, budgets), _dense(dense_layers)
     lm = _load(model, device, dtype)
-    stop = numbers_done(lm.tokenizer, needles if variant == "multivalue" else 1)
+    stop = (numbers_done(lm.tokenizer, needles, digits=niah.VALUE_DIGITS)
+            if variant == "multivalue" else numbers_done(lm.tokenizer, 1))
     run_grid(task, lm.model, lm.tokenizer, build, score, split(lengths, int), split(depths, float),
              trials, ms, out, tail=tail, max_new=max_new, page_size=page_size,
              dense_layers=dense_layers, seed=seed, settings={"model": model, **(settings or {})},
@@ -132,6 +133,7 @@ def niah(model: str = _MODEL, lengths: list[str] = typer.Option(["2048,4096,8192
          page_size: int = _PAGE, dense_layers: str = _DENSE,
          seed: int = 0, device: str = _DEVICE, dtype: str = _DTYPE, out_old: Path = _OUT_OLD):
     """RULER-style needles in a haystack of real text per method x budget x length x depth."""
+    from longforge.evals import niah as niah_mod
     from longforge.evals.niah import VARIANTS, Haystack
 
     if variant not in VARIANTS:
@@ -143,6 +145,8 @@ def niah(model: str = _MODEL, lengths: list[str] = typer.Option(["2048,4096,8192
     extra = {"haystack": hay.describe(), "source": source}
     if variant != "single":
         extra.update(variant=variant, needles=needles)
+    if variant == "multivalue":  # results made with the older stop rule do not resume here
+        extra["stop"] = f"{needles} numbers of {niah_mod.VALUE_DIGITS}+ digits"
     max_new = max_new or (12 * needles if variant == "multivalue" else 12)
     _grid(task, model, lengths, depths, trials, methods, budgets, _output(task, output, out_old),
           tail, max_new, page_size, dense_layers, seed, device, dtype, extra, haystack=hay,

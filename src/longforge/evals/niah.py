@@ -11,7 +11,8 @@ inserted after ``depth`` of it, at the nearest preceding sentence or line end. V
   needles with other keys at seeded random depths; the question asks for the first key's value.
 * ``multivalue`` (task ``niah-multivalue``): ``needles`` needles of the same key with different
   values, one at the depth, the others at seeded random depths; correct when the answer holds
-  every value.
+  every value, and scored as well by the share of values it holds (``recall``, RULER's metric
+  for this task).
 """
 from __future__ import annotations
 
@@ -90,6 +91,7 @@ def _boundary(tok, ids, pos: int, window: int = 64) -> int:
     return pos
 
 
+VALUE_DIGITS = 7  # every needle's value is a number of this many digits
 VARIANTS = {"single": "niah", "multikey": "niah-multikey", "multivalue": "niah-multivalue"}
 QUESTION_ALL = ("\nWhat are all the special magic numbers for {key} mentioned in the provided "
                 "text? The special magic numbers for {key} mentioned in the provided text are")
@@ -117,13 +119,14 @@ def build(tok, length: int, depth: float, seed: int, haystack: Haystack = SAMPLE
     enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
     if variant == "single":
         key = f"{rng.choice(_ADJ)}-{rng.choice(_NOUN)}"
-        value = str(rng.randint(1_000_000, 9_999_999))
+        value = str(rng.randint(10 ** (VALUE_DIGITS - 1), 10 ** VALUE_DIGITS - 1))
         placed = [(depth, NEEDLE.format(key=key, value=value))]
         question, expected = QUESTION.format(key=key), value
     else:
         keys = rng.sample([f"{a}-{b}" for a in _ADJ for b in _NOUN],
                           needles if variant == "multikey" else 1)
-        values = [str(rng.randint(1_000_000, 9_999_999)) for _ in range(needles)]
+        values = [str(rng.randint(10 ** (VALUE_DIGITS - 1), 10 ** VALUE_DIGITS - 1))
+                  for _ in range(needles)]
         depths = [depth] + [rng.random() for _ in range(needles - 1)]
         if variant == "multikey":
             placed = [(d, NEEDLE.format(key=k, value=v)) for d, k, v in zip(depths, keys, values)]
@@ -147,3 +150,8 @@ def score(text: str, expected) -> bool:
     if isinstance(expected, list):
         return all(v in text for v in expected)
     return expected in text
+
+
+def recall(text: str, expected: list[str]) -> float:
+    """The share of the expected values that the answer holds."""
+    return sum(v in text for v in expected) / len(expected)

@@ -87,7 +87,21 @@ def summarize(rows: list[dict]) -> dict:
         "overall": [dict(method=k[0], budget=k[1], **stat(v))
                     for k, v in sorted(overall.items(), key=_order)],
         "vs_dense": vs_dense,
+        **({"recall": _recall(rows)} if any(isinstance(r.get("expected"), list) for r in rows)
+           else {}),
     }
+
+
+def _recall(rows: list[dict]) -> list[dict]:
+    """Per method x budget x length: the mean share of the expected values an answer holds
+    (tasks whose answer is several values, such as multi-value NIAH)."""
+    from longforge.evals.niah import recall
+
+    got = defaultdict(list)
+    for r in rows:
+        got[(r["method"], r["budget"], r["length"])].append(recall(r["output"], r["expected"]))
+    return [dict(method=k[0], budget=k[1], length=k[2], value=sum(v) / len(v), n=len(v))
+            for k, v in sorted(got.items(), key=lambda kv: _order((kv[0], None)))]
 
 
 def _order(item):
@@ -133,6 +147,15 @@ def markdown(task: str, s: dict) -> str:
                 row.append("" if d is None else f"{100 * d['difference']:+.0f} "
                            f"[{100 * d['ci'][0]:+.0f}, {100 * d['ci'][1]:+.0f}]")
             lines.append(f"| {Method(*m).label} | " + " | ".join(row) + " |")
+    if s.get("recall"):
+        rec = {(c["method"], c["budget"], c["length"]): c for c in s["recall"]}
+        lines += ["", "## share of the values each answer holds (mean over samples)", "",
+                  "| method | budget | " + " | ".join(str(L) for L in lengths) + " |",
+                  "|---|---|" + "---|" * len(lengths)]
+        for m in labels:
+            row = [f"{100 * rec[(*m, L)]['value']:.0f}%" if (*m, L) in rec else ""
+                   for L in lengths]
+            lines.append(f"| {m[0]} | {m[1]} | " + " | ".join(row) + " |")
     if task != "ppl":
         lines += ["", f"## {metric} per depth", "", "| method | budget | length | depth | value | n |",
                   "|---|---|---|---|---|---|"]

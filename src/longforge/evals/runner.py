@@ -384,10 +384,14 @@ def _row(task: str, m: Method, length: int, depth: float, trial: int) -> dict:
                 trial=trial)
 
 
-def numbers_done(tokenizer, n: int):
-    """A stop rule: the output holds ``n`` numbers, the last followed by something else."""
+def numbers_done(tokenizer, n: int, digits: int = 1):
+    """A stop rule: the output holds ``n`` numbers of at least ``digits`` digits, the last
+    followed by something else. ``digits`` keeps a list's markers ("1.", "2.") from counting as
+    answers: counted, they stop a four-value answer after its second value."""
+    pattern = re.compile(rf"\d{{{digits},}}\D")
+
     def stop(out: list[int]) -> bool:
-        return len(re.findall(r"\d+\D", tokenizer.decode(out, skip_special_tokens=True))) >= n
+        return len(pattern.findall(tokenizer.decode(out, skip_special_tokens=True))) >= n
     return stop
 
 
