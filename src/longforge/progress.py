@@ -19,10 +19,10 @@ def is_quiet() -> bool:
 
 
 def progress(iterable=None, *, desc: str | None = None, total: int | None = None,
-             unit: str = "it", **kwargs):
-    """A tqdm bar, or a plain pass-through when quiet."""
-    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=_QUIET, dynamic_ncols=True,
-                **kwargs)
+             unit: str = "it", disable: bool = False, **kwargs):
+    """A tqdm bar, or a plain pass-through when quiet (or ``disable``)."""
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=_QUIET or disable,
+                dynamic_ncols=True, **kwargs)
 
 
 def say(msg: str) -> None:

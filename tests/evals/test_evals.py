@@ -130,9 +130,10 @@ def test_demo_stage_with_a_tiny_model(tok, model, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["tiny-gemma3", "tiny-llama"])
-def test_chunked_prefill_equals_one_pass(arch):
+def test_chunked_prefill_equals_one_pass(arch, capsys):
     """Prefill in chunks (the runner's memory bound) = one pass: same cache, same H2O scores,
-    same next-token logits; on Gemma 3 the chunks cross its sliding window (32 tokens)."""
+    same next-token logits; on Gemma 3 the chunks cross its sliding window (32 tokens). Only
+    the chunked one shows a progress bar."""
     from longforge.models import cache_kw
     from longforge.sparse.hf import PagedLayer, sparse_attention
     from longforge.sparse.policies import Dense
@@ -147,6 +148,7 @@ def test_chunked_prefill_equals_one_pass(arch):
             caches.append(c)
             logits.append(out.logits[0, -1])
     torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-4)
+    assert capsys.readouterr().err.count("prefill:   0%") == 1  # the 48-token chunks' bar
     paged = [(a, b) for a, b in zip(caches[0].layers, caches[1].layers)
              if isinstance(a, PagedLayer)]
     assert paged

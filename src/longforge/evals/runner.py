@@ -140,13 +140,19 @@ def prefill(model, ids: list[int], max_len: int, track_scores: bool,
     if cache is None:
         cache = SparseCache(model, max_len=max_len, page_size=page_size,
                             track_scores=track_scores, snapshot_every=snapshot_every)
+    from longforge.progress import progress
+
     done = cache.get_seq_length()
     s0 = 0
-    while s0 < len(ids):
-        end = min(len(ids), (done + s0) // chunk * chunk + chunk - done)
-        body(model)(input_ids=torch.tensor([ids[s0:end]], device=model.device),
-                    **cache_kw(model, cache), use_cache=True)
-        s0 = end
+    # a bar only where the prefill takes more than one forward (a 32K one takes an hour on CPU)
+    with progress(total=len(ids), desc="prefill", unit="tok", leave=False,
+                  disable=len(ids) <= chunk) as bar:
+        while s0 < len(ids):
+            end = min(len(ids), (done + s0) // chunk * chunk + chunk - done)
+            body(model)(input_ids=torch.tensor([ids[s0:end]], device=model.device),
+                        **cache_kw(model, cache), use_cache=True)
+            bar.update(end - s0)
+            s0 = end
     return cache
 
 
