@@ -133,8 +133,7 @@ def niah(model: str = _MODEL, lengths: list[str] = typer.Option(["2048,4096,8192
          page_size: int = _PAGE, dense_layers: str = _DENSE,
          seed: int = 0, device: str = _DEVICE, dtype: str = _DTYPE, out_old: Path = _OUT_OLD):
     """RULER-style needles in a haystack of real text per method x budget x length x depth."""
-    from longforge.evals import niah as niah_mod
-    from longforge.evals.niah import VARIANTS, Haystack
+    from longforge.evals.niah import VALUE_DIGITS, VARIANTS, Haystack
 
     if variant not in VARIANTS:
         raise typer.BadParameter(f"choose one of {sorted(VARIANTS)}", param_hint="--variant")
@@ -146,7 +145,7 @@ def niah(model: str = _MODEL, lengths: list[str] = typer.Option(["2048,4096,8192
     if variant != "single":
         extra.update(variant=variant, needles=needles)
     if variant == "multivalue":  # results made with the older stop rule do not resume here
-        extra["stop"] = f"{needles} numbers of {niah_mod.VALUE_DIGITS}+ digits"
+        extra["stop"] = f"{needles} numbers of {VALUE_DIGITS}+ digits"
     # a listed value costs up to 13 tokens with a tokenizer of single digits ("  1. 9035508\n")
     max_new = max_new or (16 * needles if variant == "multivalue" else 12)
     _grid(task, model, lengths, depths, trials, methods, budgets, _output(task, output, out_old),

@@ -102,6 +102,10 @@ def _head(tok) -> list[int]:
     return bos + tok(INSTRUCTION, add_special_tokens=False).input_ids
 
 
+def _value(rng: random.Random) -> str:
+    return str(rng.randint(10 ** (VALUE_DIGITS - 1), 10 ** VALUE_DIGITS - 1))
+
+
 def needle_free(tok, length: int, haystack: Haystack = SAMPLE) -> list[int]:
     """The prompt of every sample up to its first needle: instruction + haystack (``length``
     tokens in all), so that one prefill of it serves every sample (``runner.PrefixBank``)."""
@@ -119,14 +123,13 @@ def build(tok, length: int, depth: float, seed: int, haystack: Haystack = SAMPLE
     enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
     if variant == "single":
         key = f"{rng.choice(_ADJ)}-{rng.choice(_NOUN)}"
-        value = str(rng.randint(10 ** (VALUE_DIGITS - 1), 10 ** VALUE_DIGITS - 1))
+        value = _value(rng)
         placed = [(depth, NEEDLE.format(key=key, value=value))]
         question, expected = QUESTION.format(key=key), value
     else:
         keys = rng.sample([f"{a}-{b}" for a in _ADJ for b in _NOUN],
                           needles if variant == "multikey" else 1)
-        values = [str(rng.randint(10 ** (VALUE_DIGITS - 1), 10 ** VALUE_DIGITS - 1))
-                  for _ in range(needles)]
+        values = [_value(rng) for _ in range(needles)]
         depths = [depth] + [rng.random() for _ in range(needles - 1)]
         if variant == "multikey":
             placed = [(d, NEEDLE.format(key=k, value=v)) for d, k, v in zip(depths, keys, values)]

@@ -101,7 +101,7 @@ def _recall(rows: list[dict]) -> list[dict]:
     for r in rows:
         got[(r["method"], r["budget"], r["length"])].append(recall(r["output"], r["expected"]))
     return [dict(method=k[0], budget=k[1], length=k[2], value=sum(v) / len(v), n=len(v))
-            for k, v in sorted(got.items(), key=lambda kv: _order((kv[0], None)))]
+            for k, v in sorted(got.items(), key=_order)]
 
 
 def _order(item):
@@ -114,7 +114,6 @@ def markdown(task: str, s: dict) -> str:
     lengths = sorted({c["length"] for c in s["by_length"]})
     labels = sorted({(c["method"], c["budget"]) for c in s["by_length"]},
                     key=lambda m: (m[0] != "dense", m[0], _budget_key(m[1])))
-    val = {(c["method"], c["budget"], c["length"]): c for c in s["by_length"]}
     fmt = (lambda v: f"{v:.3f}") if task == "ppl" else (lambda v: f"{100 * v:.0f}%")
 
     def cell(c):
@@ -123,16 +122,22 @@ def markdown(task: str, s: dict) -> str:
             text += f" [{100 * c['ci'][0]:.0f}-{100 * c['ci'][1]:.0f}]"
         return text
 
+    def table(stats: list[dict], show) -> list[str]:
+        """A method x budget by length table of ``stats``, each cell ``show(stat)``."""
+        got = {(c["method"], c["budget"], c["length"]): c for c in stats}
+        out = ["| method | budget | " + " | ".join(str(L) for L in lengths) + " |",
+               "|---|---|" + "---|" * len(lengths)]
+        for m in labels:
+            row = [show(got[(*m, L)]) if (*m, L) in got else "" for L in lengths]
+            out.append(f"| {m[0]} | {m[1]} | " + " | ".join(row) + " |")
+        return out
+
     intervals = "" if task == "ppl" else (" and, in brackets, the Wilson 95% interval of the "
                                           "accuracy")
     lines = [f"# {task}: {metric} per method x budget x context length", "",
              "Budget: tokens attended per KV head per decode step (a fraction is of the context "
              f"length). Cells give the value, in parentheses the number of samples{intervals}.",
-             "", "| method | budget | " + " | ".join(str(L) for L in lengths) + " |",
-             "|---|---|" + "---|" * len(lengths)]
-    for m in labels:
-        row = [cell(val[(*m, L)]) if (*m, L) in val else "" for L in lengths]
-        lines.append(f"| {m[0]} | {m[1]} | " + " | ".join(row) + " |")
+             "", *table(s["by_length"], cell)]
     if s.get("vs_dense"):
         diff = {(d["method"], d["budget"], d["length"]): d for d in s["vs_dense"]}
         lines += ["", "## difference from dense on the same samples (points, bootstrap 95% "
@@ -148,14 +153,8 @@ def markdown(task: str, s: dict) -> str:
                            f"[{100 * d['ci'][0]:+.0f}, {100 * d['ci'][1]:+.0f}]")
             lines.append(f"| {Method(*m).label} | " + " | ".join(row) + " |")
     if s.get("recall"):
-        rec = {(c["method"], c["budget"], c["length"]): c for c in s["recall"]}
         lines += ["", "## share of the values each answer holds (mean over samples)", "",
-                  "| method | budget | " + " | ".join(str(L) for L in lengths) + " |",
-                  "|---|---|" + "---|" * len(lengths)]
-        for m in labels:
-            row = [f"{100 * rec[(*m, L)]['value']:.0f}%" if (*m, L) in rec else ""
-                   for L in lengths]
-            lines.append(f"| {m[0]} | {m[1]} | " + " | ".join(row) + " |")
+                  *table(s["recall"], lambda c: f"{100 * c['value']:.0f}%")]
     if task != "ppl":
         lines += ["", f"## {metric} per depth", "", "| method | budget | length | depth | value | n |",
                   "|---|---|---|---|---|---|"]

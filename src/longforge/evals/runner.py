@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from longforge.models import cache_kw
+from longforge.progress import progress, say
 from longforge.sparse.hf import SparseCache
 from longforge.sparse.policies import Policy, make_policy
 
@@ -140,8 +141,6 @@ def prefill(model, ids: list[int], max_len: int, track_scores: bool,
     if cache is None:
         cache = SparseCache(model, max_len=max_len, page_size=page_size,
                             track_scores=track_scores, snapshot_every=snapshot_every)
-    from longforge.progress import progress
-
     done = cache.get_seq_length()
     s0 = 0
     # a bar only where the prefill takes more than one forward (a 32K one takes an hour on CPU)
@@ -347,7 +346,6 @@ def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials:
     (models whose every layer is full attention), kept in ``bank_dir`` when given (a resumed
     grid reads it instead of prefilling again).
     """
-    from longforge.progress import progress, say
     from longforge.sparse.hf import sparse_attention
     from longforge.sparse.policies import Dense
 
