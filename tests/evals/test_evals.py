@@ -257,7 +257,7 @@ def test_one_policy_at_the_same_tokens_is_decoded_once(tok, model, monkeypatch):
 
 
 def test_intervals_and_paired_differences():
-    from longforge.evals.report import paired_difference, summarize, wilson
+    from longforge.evals.report import markdown, paired_difference, summarize, wilson
 
     lo, hi = wilson(20, 20)
     assert hi == 1.0 and 0.83 < lo < 0.84  # 20 of 20: [83.9%, 100%]
@@ -272,6 +272,18 @@ def test_intervals_and_paired_differences():
     assert s["vs_dense"] == [dict(method="quest", budget="1/8", length=100,
                                   **paired_difference([(0, 1), (1, 1), (1, 1), (1, 1)]))]
     assert s["by_length"][0]["ci"] == list(wilson(4, 4))
+    assert "quest_vs" not in s  # no other policy at Quest's budget
+
+    # Quest against another policy at the same budget: paired on the samples both ran
+    rows += [dict(task="niah", method="snapkv", budget="1/8", length=100, depth=0.5, trial=t,
+                  correct=t == 3) for t in range(4)]
+    rows += [dict(task="niah", method="tova", budget="1/4", length=100, depth=0.5, trial=0,
+                  correct=False)]  # no Quest at 1/4: no row
+    s = summarize(rows)
+    assert s["quest_vs"] == [dict(method="snapkv", budget="1/8", length=100,
+                                  **paired_difference([(0, 0), (1, 0), (1, 0), (1, 1)]))]
+    text = markdown("niah", s)
+    assert "| quest@1/8 - snapkv@1/8 | +50 [" in text
 
 
 def test_stream_perplexity_gives_every_policy_the_same_context_window(tok, model, tmp_path):

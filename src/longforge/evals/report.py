@@ -68,17 +68,22 @@ def summarize(rows: list[dict]) -> dict:
             out["ci"] = list(wilson(sum(v), len(v)))
         return out
 
-    vs_dense = []
+    def versus(a, b, length):
+        """Paired difference a - b over the samples of ``length`` that both policies ran."""
+        pairs = [(vals[a], vals[b]) for (L, _, _), vals in per_sample.items()
+                 if L == length and a in vals and b in vals]
+        return paired_difference(pairs) if pairs else None
+
+    vs_dense, quest_vs = [], []
     if accuracy:
         for (method, budget, length) in sorted(by_len, key=lambda k: _order((k, None))):
             if method == "dense":
                 continue
-            pairs = [(vals[(method, budget)], vals[("dense", "-")])
-                     for (L, _, _), vals in per_sample.items()
-                     if L == length and (method, budget) in vals and ("dense", "-") in vals]
-            if pairs:
-                vs_dense.append(dict(method=method, budget=budget, length=length,
-                                     **paired_difference(pairs)))
+            if d := versus((method, budget), ("dense", "-"), length):
+                vs_dense.append(dict(method=method, budget=budget, length=length, **d))
+            if not method.startswith("quest") and (d := versus(("quest", budget),
+                                                               (method, budget), length)):
+                quest_vs.append(dict(method=method, budget=budget, length=length, **d))
     return {
         "cells": [dict(method=k[0], budget=k[1], length=k[2], depth=k[3], **stat(v))
                   for k, v in sorted(cells.items(), key=_order)],
@@ -87,6 +92,7 @@ def summarize(rows: list[dict]) -> dict:
         "overall": [dict(method=k[0], budget=k[1], **stat(v))
                     for k, v in sorted(overall.items(), key=_order)],
         "vs_dense": vs_dense,
+        **({"quest_vs": quest_vs} if quest_vs else {}),
         **({"recall": _recall(rows)} if any(isinstance(r.get("expected"), list) for r in rows)
            else {}),
     }
@@ -132,26 +138,36 @@ def markdown(task: str, s: dict) -> str:
             out.append(f"| {m[0]} | {m[1]} | " + " | ".join(row) + " |")
         return out
 
-    intervals = "" if task == "ppl" else (" and, in brackets, the Wilson 95% interval of the "
-                                          "accuracy")
+    cells = ("the value and, in parentheses, the number of samples" if task == "ppl" else
+             "the value, in parentheses the number of samples and, in brackets, the Wilson 95% "
+             "interval of the accuracy")
     lines = [f"# {task}: {metric} per method x budget x context length", "",
              "Budget: tokens attended per KV head per decode step (a fraction is of the context "
-             f"length). Cells give the value, in parentheses the number of samples{intervals}.",
+             f"length). Cells give {cells}.",
              "", *table(s["by_length"], cell)]
-    if s.get("vs_dense"):
-        diff = {(d["method"], d["budget"], d["length"]): d for d in s["vs_dense"]}
-        lines += ["", "## difference from dense on the same samples (points, bootstrap 95% "
-                  "interval)", "", "| policy | " + " | ".join(str(L) for L in lengths) + " |",
-                  "|---|" + "---|" * len(lengths)]
+    def differences(title: str, stats: list[dict], label) -> list[str]:
+        """A policy by length table of paired differences (points, bootstrap interval)."""
+        diff = {(d["method"], d["budget"], d["length"]): d for d in stats}
+        out = ["", f"## {title} (points, bootstrap 95% interval)", "",
+               "| policy | " + " | ".join(str(L) for L in lengths) + " |",
+               "|---|" + "---|" * len(lengths)]
         for m in labels:
-            if m[0] == "dense":
+            if not any((*m, L) in diff for L in lengths):
                 continue
             row = []
             for L in lengths:
                 d = diff.get((*m, L))
                 row.append("" if d is None else f"{100 * d['difference']:+.0f} "
                            f"[{100 * d['ci'][0]:+.0f}, {100 * d['ci'][1]:+.0f}]")
-            lines.append(f"| {Method(*m).label} | " + " | ".join(row) + " |")
+            out.append(f"| {label(m)} | " + " | ".join(row) + " |")
+        return out
+
+    if s.get("vs_dense"):
+        lines += differences("difference from dense on the same samples", s["vs_dense"],
+                             lambda m: Method(*m).label)
+    if s.get("quest_vs"):
+        lines += differences("Quest minus each other policy at the same budget, same samples",
+                             s["quest_vs"], lambda m: f"quest@{m[1]} - {Method(*m).label}")
     if s.get("recall"):
         lines += ["", "## share of the values each answer holds (mean over samples)", "",
                   *table(s["recall"], lambda c: f"{100 * c['value']:.0f}%")]
