@@ -145,6 +145,7 @@ def markdown(task: str, s: dict) -> str:
              "Budget: tokens attended per KV head per decode step (a fraction is of the context "
              f"length). Cells give {cells}.",
              "", *table(s["by_length"], cell)]
+
     def differences(title: str, stats: list[dict], label) -> list[str]:
         """A policy by length table of paired differences (points, bootstrap interval)."""
         diff = {(d["method"], d["budget"], d["length"]): d for d in stats}
