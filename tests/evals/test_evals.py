@@ -99,6 +99,15 @@ def test_a_rerun_with_other_settings_is_refused(tok, model, tmp_path):
                  tmp_path, page_size=8, **args)
 
 
+def test_a_grid_runs_every_depth_of_a_trial_before_the_next_trial(tok, model, tmp_path):
+    """A run stopped part way has then covered the depths evenly."""
+    run_grid("passkey", model, tok, passkey.build, passkey.score, [120], [0.0, 1.0], 2,
+             parse_methods("dense", "1/4"), tmp_path, page_size=8, tail=8, max_new=2,
+             dense_layers=1)
+    rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [(r["trial"], r["depth"]) for r in rows] == [(0, 0.0), (0, 1.0), (1, 0.0), (1, 1.0)]
+
+
 def test_dense_token_by_token_ppl_equals_teacher_forcing(tok, model, tmp_path):
     hay = tmp_path / "doc.txt"
     hay.write_text(" ".join(f"word{i % 37} is next." for i in range(300)))

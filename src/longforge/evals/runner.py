@@ -353,7 +353,7 @@ def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials:
                            "tail": tail, "max_new": max_new, "seed": seed,
                            "budgets": BUDGET_RULE, "dtype": str(model.dtype), **(settings or {})})
     res = Results(Path(out_dir) / "results.jsonl")
-    cells = [(L, d, t) for L in lengths for d in depths for t in range(trials)]
+    cells = sample_order(lengths, depths, trials)
     stop = stop or number_done(tokenizer)
     todo = [c for c in cells if not all(res.done(_row(task, m, *c)) for m in methods)]
     bank = None
@@ -381,6 +381,13 @@ def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials:
                          "context_tokens": len(ids), "expected": expected, "output": text,
                          "correct": bool(score(text, expected))})
     return res
+
+
+def sample_order(lengths, depths, trials: int) -> list[tuple[int, float, int]]:
+    """The (length, depth, trial) samples in the order a grid runs them: length by length, and
+    within a length every depth of trial 0, then every depth of trial 1, ...: a run stopped
+    part way has covered the depths evenly, so its partial report is not biased by depth."""
+    return [(L, d, t) for L in lengths for t in range(trials) for d in depths]
 
 
 def _row(task: str, m: Method, length: int, depth: float, trial: int) -> dict:
