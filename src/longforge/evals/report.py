@@ -168,7 +168,8 @@ def markdown(task: str, s: dict) -> str:
                              lambda m: Method(*m).label)
     if s.get("quest_vs"):
         lines += differences("Quest minus each other policy at the same budget, same samples",
-                             s["quest_vs"], lambda m: f"{Method('quest', m[1]).label} - {Method(*m).label}")
+                             s["quest_vs"],
+                             lambda m: f"{Method('quest', m[1]).label} - {Method(*m).label}")
     if s.get("recall"):
         lines += ["", "## share of the values each answer holds (mean over samples)", "",
                   *table(s["recall"], lambda c: f"{100 * c['value']:.0f}%")]
