@@ -250,6 +250,27 @@ def test_a_kept_prefix_bank_is_read_back_instead_of_prefilled(tok, tmp_path, mon
     assert not again.loaded and "prefilling again" in caplog.text
 
 
+def test_a_grid_makes_a_prefix_bank_only_when_a_sample_left_can_reuse_it(tok, tmp_path,
+                                                                         monkeypatch):
+    """A sample whose needle is at depth 0 shares only the instruction with the haystack; a
+    resumed grid with only such samples left prefills each whole, without a bank."""
+    m = tiny_model("tiny-qwen2", vocab_size=len(tok))
+    made = []
+    real = runner.PrefixBank
+    monkeypatch.setattr(runner, "PrefixBank",
+                        lambda *a, **k: made.append(len(a[1])) or real(*a, **k))
+    methods = parse_methods("dense,quest", "64")
+    args = dict(tail=8, max_new=2, page_size=8, dense_layers=0, needle_free=passkey.needle_free)
+    ids, _ = passkey.build(tok, 1400, 0.0, runner._seed(0, "passkey", 1400, 0.0, 0))
+    assert runner.shared_prefix(ids, passkey.needle_free(tok, 1400)) == 0
+    run_grid("passkey", m, tok, passkey.build, passkey.score, [1400], [0.0], 1, methods,
+             tmp_path / "a", **args)
+    assert made == []
+    run_grid("passkey", m, tok, passkey.build, passkey.score, [1400], [0.0, 1.0], 1, methods,
+             tmp_path / "a", **args)
+    assert made == [len(passkey.needle_free(tok, 1400))]
+
+
 def test_one_policy_at_the_same_tokens_is_decoded_once(tok, model, monkeypatch):
     calls = []
     real = runner.decode

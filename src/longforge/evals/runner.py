@@ -129,6 +129,8 @@ def body(model):
 # layer are chunk x context instead of context x context: a 32K prompt in one pass would
 # materialise 32K x 32K masks (and H2O's score matrices) per layer type.
 PREFILL_CHUNK = 8192
+# A sample reuses a prefix bank's tokens in multiples of this many.
+BANK_ALIGN = 512
 
 
 @torch.no_grad()
@@ -198,7 +200,8 @@ class PrefixBank:
     cannot be read is prefilled again, with a warning."""
 
     def __init__(self, model, ids: list[int], page_size: int, track_scores: bool,
-                 align: int = 512, chunk: int = PREFILL_CHUNK, directory: Path | None = None):
+                 align: int = BANK_ALIGN, chunk: int = PREFILL_CHUNK,
+                 directory: Path | None = None):
         self.ids, self.align = torch.tensor(ids), align
         self.path = self.loaded = None
         if directory is not None:
@@ -214,13 +217,14 @@ class PrefixBank:
 
     def start(self, ids: list[int], max_len: int) -> tuple[SparseCache | None, int]:
         """``(cache holding the shared prefix, its length)`` for a prompt ``ids``, or (None, 0)."""
-        n = min(len(ids), len(self.ids))
-        same = (torch.tensor(ids[:n]) == self.ids[:n]).int()
-        lcp = int(same.cumprod(0).sum())
-        lcp = lcp // self.align * self.align
+        lcp = self.shared(ids)
         if lcp == 0:
             return None, 0
         return self.cache.prefix(lcp, max_len), lcp
+
+    def shared(self, ids: list[int]) -> int:
+        """How many of the bank's tokens a prompt ``ids`` can reuse (0 if fewer than ``align``)."""
+        return shared_prefix(ids, self.ids.tolist(), self.align)
 
     # ------------------------------------------------------------------ on disk
     def _metadata(self) -> dict[str, str]:
@@ -272,6 +276,13 @@ class PrefixBank:
             return None
         log.info("prefix bank: %d tokens read from %s", n, self.path)
         return cache
+
+
+def shared_prefix(ids: list[int], other: list[int], align: int = BANK_ALIGN) -> int:
+    """Length of the common prefix of two prompts, cut to a multiple of ``align``."""
+    n = min(len(ids), len(other))
+    same = (torch.tensor(ids[:n], dtype=torch.long) == torch.tensor(other[:n], dtype=torch.long))
+    return int(same.int().cumprod(0).sum()) // align * align
 
 
 # Version of the prefix bank file (part of its key and its metadata).
@@ -358,15 +369,25 @@ def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials:
     todo = [c for c in cells if not all(res.done(_row(task, m, *c)) for m in methods)]
     bank = None
     with sparse_attention(model, Dense()):
-        if needle_free is not None and todo and all(k == "full_attention" for k in SparseCache.layer_kinds(model)):
+        full = all(k == "full_attention" for k in SparseCache.layer_kinds(model))
+        if needle_free is not None and todo and full:
             longest = max(c[0] for c in todo)
-            say(f"{task}: one dense prefill of the shared instruction + haystack ({longest} "
-                "tokens) for every sample")
-            bank = PrefixBank(model, needle_free(tokenizer, longest), page_size,
-                              track_scores=any(m.name == "h2o" for m in methods),
-                              directory=bank_dir)
-            if bank.loaded:
-                say(f"{task}: that prefill was read from {bank.path}")
+            free = needle_free(tokenizer, longest)
+            # only when a sample still to run can reuse it: one whose first needle is near the
+            # start (depth 0) shares no more than the instruction, and a resumed grid with only
+            # such samples left would prefill the whole haystack for nothing
+            if any(shared_prefix(build(tokenizer, L, d, _seed(seed, task, L, d, t))[0][:-tail],
+                                 free) for L, d, t in todo):
+                say(f"{task}: one dense prefill of the shared instruction + haystack "
+                    f"({longest} tokens) for every sample")
+                bank = PrefixBank(model, free, page_size,
+                                  track_scores=any(m.name == "h2o" for m in methods),
+                                  directory=bank_dir)
+                if bank.loaded:
+                    say(f"{task}: that prefill was read from {bank.path}")
+            else:
+                say(f"{task}: no sample left to run shares a prefix with the others; each is "
+                    "prefilled whole")
         for L, d, t in progress(cells, desc=task, unit="sample"):
             rows = {m: _row(task, m, L, d, t) for m in methods}
             skip = {m for m, r in rows.items() if res.done(r)}
