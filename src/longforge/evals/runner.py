@@ -355,7 +355,8 @@ def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials:
     ``needle_free(tokenizer, length) -> ids``: the prompt every sample starts with up to its
     first needle; given, one :class:`PrefixBank` of the longest length serves every sample
     (models whose every layer is full attention), kept in ``bank_dir`` when given (a resumed
-    grid reads it instead of prefilling again).
+    grid reads it instead of prefilling again), and made only if a sample still to run shares
+    at least ``BANK_ALIGN`` tokens with it.
     """
     from longforge.sparse.hf import sparse_attention
     from longforge.sparse.policies import Dense
@@ -386,8 +387,8 @@ def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials:
                 if bank.loaded:
                     say(f"{task}: that prefill was read from {bank.path}")
             else:
-                say(f"{task}: no sample left to run shares a prefix with the others; each is "
-                    "prefilled whole")
+                say(f"{task}: no sample left to run can reuse a shared prefill (each has a "
+                    f"needle in its first {BANK_ALIGN} tokens); each is prefilled whole")
         for L, d, t in progress(cells, desc=task, unit="sample"):
             rows = {m: _row(task, m, L, d, t) for m in methods}
             skip = {m for m, r in rows.items() if res.done(r)}
