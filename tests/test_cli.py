@@ -52,7 +52,9 @@ def test_synth_takes_quiet_after_the_subcommand_and_writes_under_out_by_default(
 def test_eval_and_bench_write_under_out_and_old_out_spelling_warns(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("longforge.models.cache_dir", lambda: tmp_path / "cache")  # banks only
-    args = ["eval", "passkey", "--model", "tiny-llama", "--lengths", "160", "--depths", "0.5",
+    # 1200 tokens with the needle half way: a sample reuses 512 tokens of the shared prefill,
+    # so the grid makes (and keeps) a prefix bank
+    args = ["eval", "passkey", "--model", "tiny-llama", "--lengths", "1200", "--depths", "0.5",
             "--methods", "dense", "--methods", "quest", "--budgets", "64", "--tail", "4",
             "--max-new", "2", "-q"]
     res = CliRunner().invoke(app, args)
