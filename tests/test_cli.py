@@ -77,3 +77,13 @@ def test_runtime_problems_are_errors_not_usage_errors(tmp_path):
     res = CliRunner().invoke(app, ["score", str(corpus), "-o", str(tmp_path / "s"),
                                    "--chunk-size", "1"])
     assert res.exit_code == 2 and "--chunk-size" in res.output  # a bad option: usage
+
+
+def test_a_context_method_needs_the_whole_question_in_the_tail(tmp_path):
+    args = ["eval", "passkey", "--model", "tiny-llama", "--lengths", "300", "--depths", "0.5",
+            "--methods", "dense,snapkv-context", "--budgets", "64", "--max-new", "2", "-q"]
+    res = CliRunner().invoke(app, [*args, "--tail", "3", "-o", str(tmp_path / "a")])
+    assert res.exit_code == 2 and "shorter than the question" in res.output
+    res = CliRunner().invoke(app, ["eval", "ppl", "--model", "tiny-llama", "--methods",
+                                   "snapkv-context", "-o", str(tmp_path / "b"), "-q"])
+    assert res.exit_code == 2 and "no question" in res.output

@@ -294,7 +294,14 @@ def test_intervals_and_paired_differences():
     lo, hi = wilson(5, 10)
     assert 0.23 < lo < 0.24 and 0.76 < hi < 0.77
     d = paired_difference([(1, 1)] * 18 + [(0, 1)] * 2)
-    assert d["difference"] == -0.1 and d["ci"][0] < -0.1 < d["ci"][1] <= 0
+    assert d["difference"] == -0.1 and d["ci"][0] < -0.1 < 0 < d["ci"][1]
+    # two policies that agree on every sample: the interval is the Wilson margin, not [0, 0]
+    for n, width in ((11, 0.26), (44, 0.08)):
+        d = paired_difference([(1, 1)] * n)
+        assert d["difference"] == 0 and d["ci"] == [-(1 - wilson(n, n)[0]), 1 - wilson(n, n)[0]]
+        assert abs(d["ci"][1] - width) < 0.01
+    with pytest.raises(ValueError):
+        paired_difference([(0.5, 1)])
     rows = [dict(task="niah", method=m, budget=b, length=100, depth=0.5, trial=t,
                  correct=ok) for t in range(4)
             for m, b, ok in (("dense", "-", True), ("quest", "1/8", t != 0))]
@@ -339,3 +346,69 @@ def test_methods_can_name_their_own_budget():
     assert got == ["dense", "quest@256", "quest@1/8", "tova@1/16", "snapkv@1024"]
     with pytest.raises(ValueError, match="budget"):
         parse_methods("quest@lots", "256")
+
+
+def test_snapkv_context_compresses_the_context_before_the_question(tok, monkeypatch):
+    """snapkv chooses with the tail (the question) as its last prefill chunk; snapkv-context
+    chooses from the context's last ``window`` tokens, before any tail token is seen, and then
+    decodes the tail one token at a time. The other methods decode as they do without it, from
+    a prefix bank too."""
+    from longforge.sparse import Dense, sparse_attention
+    from longforge.sparse.policies import SnapKV
+
+    m = tiny_model("tiny-qwen2", vocab_size=len(tok))
+    seen = []
+    real = SnapKV.prefill
+
+    def spy(self, layer_idx, layer, query, key, *a, **k):
+        seen.append((query.shape[2], key.shape[2]))
+        return real(self, layer_idx, layer, query, key, *a, **k)
+
+    monkeypatch.setattr(SnapKV, "prefill", spy)
+    ids, _ = passkey.build(tok, 380, 0.5, seed=4)
+    tail, n = 8, len(ids)
+    with sparse_attention(m, Dense()):
+        for name, chunk in (("snapkv", (tail - 1, n - 1)), ("snapkv-context", (64, n - tail))):
+            seen.clear()
+            runner.run_sample(m, ids, parse_methods(name, "96"), tail, 3, 8, 0)
+            assert set(seen) == {chunk}  # every sparse layer chose there, and only there
+        base = parse_methods("dense,quest,h2o", "32")
+        alone = runner.run_sample(m, ids, base, tail, 3, 8, 0)
+        both = runner.run_sample(m, ids, base + parse_methods("snapkv-context", "32"), tail, 3,
+                                 8, 0)
+        assert {k: both[k] for k in alone} == alone
+        bank = runner.PrefixBank(m, passkey.needle_free(tok, 400), 8, track_scores=True,
+                                 align=64)
+        assert runner.run_sample(m, ids, base + parse_methods("snapkv-context", "32"), tail, 3,
+                                 8, 0, bank=bank) == both
+        # a budget above the context keeps everything: dense's answer
+        wide = runner.run_sample(m, ids, parse_methods("dense,snapkv-context", "4096"), tail, 3,
+                                 8, 0)
+        assert len(set(map(tuple, wide.values()))) == 1
+
+
+def test_only_a_policy_that_compresses_at_prefill_has_a_context_form():
+    assert [m.label for m in parse_methods("snapkv,snapkv-context", "1/16")] == [
+        "snapkv@1/16", "snapkv-context@1/16"]
+    assert Method("snapkv-context", "64").policy(400, 8, 0).name == "snapkv"
+    for bad in ("quest-context", "tova-context", "nothing-context"):
+        with pytest.raises(ValueError):
+            parse_methods(bad, "1/16")
+
+
+def test_the_paired_interval_covers_the_true_difference_about_95_percent_of_the_time():
+    """Seeded simulation of correlated pairs (two policies that mostly agree, as a sparse policy
+    and dense do): Newcombe's interval holds the true difference in about 95% of the draws."""
+    import random
+
+    from longforge.evals.report import paired_difference
+
+    rng = random.Random(0)
+    # P(both right) .80, (a only) .02, (b only) .10, (neither) .08: p_a - p_b = -.08
+    cells = [((1, 1), 0.80), ((1, 0), 0.02), ((0, 1), 0.10), ((0, 0), 0.08)]
+    truth, hits, draws = -0.08, 0, 1000
+    for _ in range(draws):
+        pairs = rng.choices([c for c, _ in cells], [w for _, w in cells], k=44)
+        lo, hi = paired_difference(pairs)["ci"]
+        hits += lo <= truth <= hi
+    assert 0.93 <= hits / draws <= 0.99

@@ -20,8 +20,10 @@ _MODEL = typer.Option("gemma-3-270m", help="Model spec (bundled name, .gguf file
                                            "folder; see docs/models.md).")
 _METHODS = typer.Option(["dense,quest,streaming,h2o"],
                         help="Policies: dense, quest, quest-rank, quest-head (the GQA selection "
-                             "ablations), streaming, h2o, tova, snapkv (comma-separated or "
-                             "repeated).")
+                             "ablations), streaming, h2o, tova, snapkv (compressing with the "
+                             "question in its window), snapkv-context (compressing the context "
+                             "before the question); name@budget for one budget only "
+                             "(comma-separated or repeated).")
 _BUDGETS = typer.Option(["1/16,1/8,1/4"], help="Token budgets: tokens (512) or fractions of the "
                                                "context length (1/8, rounded to whole pages).")
 _PAGE = typer.Option(16, help="Quest page size (tokens).")
@@ -88,6 +90,13 @@ def _grid(task: str, model, lengths, depths, trials, methods, budgets, out, tail
         free = functools.partial(niah.needle_free, haystack=haystack)
     ms, dense_layers = _methods(methods, budgets), _dense(dense_layers)
     lm = _load(model, device, dtype)
+    if any(m.context_only for m in ms):
+        q = (passkey.question_tokens(lm.tokenizer) if task == "passkey"
+             else niah.question_tokens(lm.tokenizer, variant))
+        if tail < q:
+            raise typer.BadParameter(f"{tail} is shorter than the question ({q} tokens): a "
+                                     "-context method would compress with part of it in view",
+                                     param_hint="--tail")
     stop = (numbers_done(lm.tokenizer, needles, digits=niah.VALUE_DIGITS)
             if variant == "multivalue" else numbers_done(lm.tokenizer, 1))
     run_grid(task, lm.model, lm.tokenizer, build, score, split(lengths, int), split(depths, float),
@@ -175,6 +184,9 @@ def ppl(model: str = _MODEL,
     out = _output("ppl", output, out_old)
     hay = Haystack(str(haystack) if haystack else None, source or None)
     ms, dense = _methods(methods, budgets), _dense(dense_layers)
+    if any(m.context_only for m in ms):
+        raise typer.BadParameter("perplexity has no question: snapkv already compresses the "
+                                 "context alone there", param_hint="--methods")
     lm = _load(model, device, dtype)
     if text not in mod.TEXTS:
         raise typer.BadParameter(f"choose one of {mod.TEXTS}", param_hint="--text")

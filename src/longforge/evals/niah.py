@@ -149,6 +149,13 @@ def build(tok, length: int, depth: float, seed: int, haystack: Haystack = SAMPLE
     return ids + hay[prev:] + q, expected
 
 
+def question_tokens(tok, variant: str = "single") -> int:
+    """The most tokens a question of ``variant`` takes (over every key)."""
+    template = QUESTION_ALL if variant == "multivalue" else QUESTION
+    return max(len(tok(template.format(key=f"{a}-{b}"), add_special_tokens=False).input_ids)
+               for a in _ADJ for b in _NOUN)
+
+
 def score(text: str, expected) -> bool:
     if isinstance(expected, list):
         return all(v in text for v in expected)

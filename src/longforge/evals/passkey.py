@@ -40,5 +40,10 @@ def build(tok, length: int, depth: float, seed: int) -> tuple[list[int], int]:
     return ids, key
 
 
+def question_tokens(tok) -> int:
+    """The tokens the question takes."""
+    return len(_ids(tok, QUESTION))
+
+
 def score(text: str, expected: int) -> bool:
     return first_int(text) == expected

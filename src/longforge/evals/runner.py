@@ -10,6 +10,13 @@ same folder is refused instead of mixing cells (:mod:`longforge.runs`).
 Budgets given as a fraction of the context are rounded to a whole number of pages (at least
 one), so that every policy attends the same number of tokens and Quest's K = budget / P pages
 hold exactly the budget.
+
+A policy that compresses at the end of prefill (SnapKV) runs in two settings: ``snapkv`` gets
+the tail as its last prefill chunk, so it chooses with the question in its observation window
+(query-aware, as ``generate`` on the whole prompt does); ``snapkv-context`` chooses at the end
+of the context, from its last ``window`` tokens, before the tail (question included) is
+decoded one token at a time (query-agnostic: kvpress's pipeline, or a document cache that
+serves many questions).
 """
 from __future__ import annotations
 
@@ -31,14 +38,34 @@ from longforge.sparse.policies import Policy, make_policy
 log = logging.getLogger(__name__)
 
 
+# A method named <policy>-context compresses at the end of the context, before the question.
+CONTEXT = "-context"
+
+
+def policy_name(method: str) -> str:
+    """The policy a method name runs (``snapkv-context`` -> ``snapkv``); checks that the name is
+    a policy and that a ``-context`` form is of a policy that compresses at the end of prefill."""
+    name = method[: -len(CONTEXT)] if method.endswith(CONTEXT) else method
+    policy = make_policy(name)  # validates the name
+    if name != method and not policy.compresses_prefill:
+        raise ValueError(f"{method!r}: only a policy that compresses at the end of prefill "
+                         "(snapkv) has a -context form")
+    return name
+
+
 @dataclass(frozen=True)
 class Method:
-    name: str                 # dense | quest | streaming | h2o
+    name: str                 # a policy name (dense, quest, ...), or snapkv-context
     budget: str = "-"         # "1/8" (of the context length) or "512" (tokens); "-" for dense
 
     @property
     def label(self) -> str:
         return self.name if self.name == "dense" else f"{self.name}@{self.budget}"
+
+    @property
+    def context_only(self) -> bool:
+        """It compresses at the end of the context, before the question (query-agnostic)."""
+        return self.name.endswith(CONTEXT)
 
     def tokens(self, length: int, page_size: int = 1) -> int | None:
         """The token budget for a context of ``length`` tokens: a fraction of it, rounded to
@@ -52,8 +79,8 @@ class Method:
         return int(self.budget)
 
     def policy(self, length: int, page_size: int, dense_layers: int | str) -> Policy:
-        return make_policy(self.name, self.tokens(length, page_size), page_size=page_size,
-                           dense_layers=dense_layers)
+        return make_policy(policy_name(self.name), self.tokens(length, page_size),
+                           page_size=page_size, dense_layers=dense_layers)
 
 
 # How fractional budgets become tokens (recorded in settings.json; see Method.tokens).
@@ -77,7 +104,7 @@ def parse_methods(methods: str, budgets: str) -> list[Method]:
     out: list[Method] = []
     for item in [m.strip() for m in methods.split(",") if m.strip()]:
         name, _, own = item.partition("@")
-        make_policy(name)  # validates the name
+        policy_name(name)  # validates the name
         if name == "dense":
             new = [Method("dense")]
         else:
@@ -159,15 +186,16 @@ def prefill(model, ids: list[int], max_len: int, track_scores: bool,
 
 @torch.no_grad()
 def decode(model, cache: SparseCache, policy: Policy, tail: list[int], max_new: int,
-           stop=None) -> list[int]:
+           stop=None, observe_tail: bool = True) -> list[int]:
     """Feed ``tail`` one token at a time under ``policy``, then greedy-decode up to ``max_new``.
 
     A policy that compresses at the end of prefill (SnapKV) gets ``tail[:-1]`` as one more
     prefill chunk instead, so that its observation window holds the end of the prompt (the
-    question), as it would in ``generate``."""
+    question), as it would in ``generate``; unless ``observe_tail`` is False (it compressed
+    already, at the end of the context)."""
     cache.policy = policy
     dev = model.device
-    if policy.compresses_prefill and len(tail) > 1:
+    if policy.compresses_prefill and observe_tail and len(tail) > 1:
         body(model)(input_ids=torch.tensor([tail[:-1]], device=dev), **cache_kw(model, cache),
                     use_cache=True)
     else:
@@ -310,7 +338,11 @@ def run_sample(model, ids: list[int], methods: list[Method], tail: int, max_new:
                bank: PrefixBank | None = None) -> dict[Method, list[int]]:
     """One shared dense prefill of ``ids[:-tail]`` (from ``bank`` where the prompt starts like
     it), then every method's decoder on a copy. Methods that are the same policy at the same
-    number of tokens (``1/16`` of 32K and ``2048``) are decoded once."""
+    number of tokens (``1/16`` of 32K and ``2048``) are decoded once.
+
+    A ``-context`` method (``snapkv-context``) gets a copy of the cache before the context's
+    last ``window`` tokens, prefills those under its policy (which compresses there, without
+    the question) and decodes the whole tail one token at a time."""
     if len(ids) <= tail:
         raise ValueError(f"prompt of {len(ids)} tokens is not longer than the tail ({tail})")
     todo = [m for m in methods if m not in skip]
@@ -318,14 +350,33 @@ def run_sample(model, ids: list[int], methods: list[Method], tail: int, max_new:
         return {}
     track = any(m.name == "h2o" for m in todo)
     body_ids, max_len = ids[:-tail], len(ids) + max_new
-    base, start = bank.start(body_ids, max_len) if bank is not None else (None, 0)
-    base = prefill(model, body_ids[start:], max_len, track, page_size, cache=base)
+    policies = {m: m.policy(len(ids), page_size, dense_layers) for m in todo}
+    window = max((policies[m].window for m in todo if m.context_only), default=0)
+    if window >= len(body_ids):
+        raise ValueError(f"a context of {len(body_ids)} tokens leaves nothing before the "
+                         f"{window}-token window of a -context method")
+    split = len(body_ids) - window
+    base, start = bank.start(body_ids[:split], max_len) if bank is not None else (None, 0)
+    base = prefill(model, body_ids[start:split], max_len, track, page_size, cache=base)
+    before_window = None
+    if window:
+        before_window = copy.deepcopy(base)
+        base = prefill(model, body_ids[split:], max_len, track, page_size, cache=base)
     out, done = {}, {}
     for m in todo:
         key = (m.name, m.tokens(len(ids), page_size))
-        if key not in done:
-            done[key] = decode(model, copy.deepcopy(base),
-                               m.policy(len(ids), page_size, dense_layers), ids[-tail:], max_new,
+        if key in done:
+            out[m] = done[key]
+            continue
+        if m.context_only:
+            cache = copy.deepcopy(before_window)
+            cache.policy = policies[m]
+            body(model)(input_ids=torch.tensor([body_ids[split:]], device=model.device),
+                        **cache_kw(model, cache), use_cache=True)
+            done[key] = decode(model, cache, policies[m], ids[-tail:], max_new, stop,
+                               observe_tail=False)
+        else:
+            done[key] = decode(model, copy.deepcopy(base), policies[m], ids[-tail:], max_new,
                                stop)
         out[m] = done[key]
     return out
