@@ -358,8 +358,8 @@ def run_sample(model, ids: list[int], methods: list[Method], tail: int, max_new:
     split = len(body_ids) - window
     base, start = bank.start(body_ids[:split], max_len) if bank is not None else (None, 0)
     base = prefill(model, body_ids[start:split], max_len, track, page_size, cache=base)
-    before_window = None
-    if window:
+    before_window = base
+    if any(not m.context_only for m in todo) and window:
         before_window = copy.deepcopy(base)
         base = prefill(model, body_ids[split:], max_len, track, page_size, cache=base)
     out, done = {}, {}
