@@ -2,13 +2,15 @@
 
 Accuracies come with a Wilson 95% interval (binomial: how far the true rate of the cell could
 be from the measured one with this many samples) and, for every policy, its paired difference
-from dense on the same samples with a bootstrap 95% interval (``vs_dense``): the samples are the
-same prompts for every method, so the paired difference is tighter than two separate
-intervals."""
+from dense on the same samples (``vs_dense``) with Newcombe's 95% interval for paired
+proportions (Newcombe 1998, method 10: the two Wilson intervals combined with the correlation of
+the pairs): the samples are the same prompts for every method, so the paired difference is
+tighter than two separate intervals, and unlike a bootstrap it does not shrink to nothing when
+the two policies agree on every sample (11 agreeing samples still allow a 26-point
+difference, 44 an 8-point one)."""
 from __future__ import annotations
 
 import math
-import random
 from collections import defaultdict
 from pathlib import Path
 
@@ -36,15 +38,30 @@ def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def paired_difference(pairs: list[tuple[float, float]], resamples: int = 2000,
-                      seed: int = 0) -> dict:
-    """Mean of ``a - b`` over paired samples with a seeded bootstrap 95% interval."""
-    diffs = [a - b for a, b in pairs]
-    rng = random.Random(seed)
-    n = len(diffs)
-    means = sorted(sum(rng.choice(diffs) for _ in range(n)) / n for _ in range(resamples))
-    return {"difference": sum(diffs) / n, "ci": [means[int(0.025 * resamples)],
-                                                  means[int(0.975 * resamples) - 1]], "n": n}
+def paired_difference(pairs: list[tuple[float, float]], z: float = 1.96) -> dict:
+    """``p_a - p_b`` of paired binary outcomes ``(a, b)`` (1 correct, 0 not) with Newcombe's
+    hybrid score interval for paired proportions (Newcombe 1998, Stat. Med. 17:2635, method 10;
+    95% for z = 1.96)."""
+    if any(v not in (0, 1) for pair in pairs for v in pair):
+        raise ValueError("paired_difference takes outcomes of 0 or 1")
+    n = len(pairs)
+    both = sum(a == b == 1 for a, b in pairs)
+    a_only = sum(a > b for a, b in pairs)
+    b_only = sum(b > a for a, b in pairs)
+    neither = n - both - a_only - b_only
+    p1, p2 = (both + a_only) / n, (both + b_only) / n
+    (l1, u1), (l2, u2) = wilson(both + a_only, n, z), wilson(both + b_only, n, z)
+    # phi: the correlation of the pairs, its product-moment numerator shrunk by n/2 when positive
+    margins = (both + a_only) * (b_only + neither) * (both + b_only) * (a_only + neither)
+    cross = both * neither - a_only * b_only
+    num = cross - n / 2 if cross > n / 2 else min(cross, 0)
+    phi = num / math.sqrt(margins) if margins else 0.0
+    d = (a_only - b_only) / n
+    lo = d - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2)
+                                + (u2 - p2) ** 2))
+    hi = d + math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1)
+                                + (u1 - p1) ** 2))
+    return {"difference": d, "ci": [max(-1.0, lo), min(1.0, hi)], "n": n}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -147,9 +164,9 @@ def markdown(task: str, s: dict) -> str:
              "", *table(s["by_length"], cell)]
 
     def differences(title: str, stats: list[dict], label) -> list[str]:
-        """A policy by length table of paired differences (points, bootstrap interval)."""
+        """A policy by length table of paired differences (points, Newcombe interval)."""
         diff = {(d["method"], d["budget"], d["length"]): d for d in stats}
-        out = ["", f"## {title} (points, bootstrap 95% interval)", "",
+        out = ["", f"## {title} (points, Newcombe 95% interval for paired proportions)", "",
                "| policy | " + " | ".join(str(L) for L in lengths) + " |",
                "|---|" + "---|" * len(lengths)]
         for m in labels:
