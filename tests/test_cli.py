@@ -1,3 +1,5 @@
+import json
+
 from typer.testing import CliRunner
 
 from longforge.cli import app
@@ -66,6 +68,23 @@ def test_eval_and_bench_write_under_out_and_old_out_spelling_warns(tmp_path, mon
     assert "--out is deprecated" in res.output and (tmp_path / "old" / "settings.json").exists()
     res = CliRunner().invoke(app, [*args, "--out", "a", "-o", "b"])
     assert res.exit_code == 2 and "not both" in res.output
+
+
+def test_an_eval_grid_in_shards_on_local_workers_equals_one_run(tmp_path):
+    args = ["eval", "niah", "--model", "tiny-llama", "--lengths", "300", "--depths", "0,0.5,1",
+            "--methods", "dense,quest@64", "--tail", "8", "--max-new", "2", "-q"]
+    res = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "one")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "two"), "--num-shards", "2",
+                                   "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "two").glob("results*")) == [
+        "results.0-of-2.jsonl", "results.1-of-2.jsonl"]
+    summary = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two")]
+    assert summary[0]["overall"] == summary[1]["overall"]
+    assert sum(r["n"] for r in summary[1]["overall"]) == 6
+    res = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "x"), "--num-shards", "0"])
+    assert res.exit_code == 2 and "--num-shards" in res.output
 
 
 def test_runtime_problems_are_errors_not_usage_errors(tmp_path):

@@ -169,6 +169,26 @@ def test_score_on_ray_writes_the_bytes_of_the_local_executor(tmp_path, cluster, 
     assert on_ray["executor"]["kind"] == "ray" and local["used"] == on_ray["used"] > 0
 
 
+def test_an_eval_grid_in_shards_on_ray_writes_the_rows_of_one_local_run(tmp_path, cluster):
+    """Each Ray task loads the model and appends its share of the samples to its own file."""
+    from longforge.evals.grid import GridJob
+    from longforge.evals.runner import Results
+    from longforge.executor import make_executor
+
+    _connected(cluster)
+    job = GridJob("passkey", "tiny-llama", (300,), (0.0, 0.5, 1.0), 1, "dense,quest@64",
+                  str(tmp_path / "local"), tail=8, max_new=2, page_size=16, dense_layers=1,
+                  seed=0, device="cpu", dtype="auto")
+    job()
+    on_ray = replace(job, out=str(tmp_path / "ray"))
+    make_executor("ray", ray_address=cluster["address"]).run(on_ray, 2)
+    assert sorted(p.name for p in (tmp_path / "ray").glob("results*")) == [
+        "results.0-of-2.jsonl", "results.1-of-2.jsonl"]
+    rows = [{Results.key(r): r for r in Results.folder(tmp_path / d).rows}
+            for d in ("local", "ray")]
+    assert len(rows[0]) == 6 and rows[0] == rows[1]
+
+
 class _Killer(threading.Thread):
     """Kills the worker process of the first prepare shard seen running (its text store's
     temporary file, ``.texts-<shard>.sqlite.tmp<pid>``, names the worker's pid)."""

@@ -28,7 +28,7 @@ DTYPE_HELP = "auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16."
 WORKERS = typer.Option(None, help="Local processes (default 1), or with --executor ray the most "
                                   "shards in flight (default: as many as the cluster takes).")
 EXECUTOR = typer.Option("local", help="local (this machine) or ray (a Ray cluster; "
-                                      "pip install 'longforge[ray]').")
+                                      "pip install 'longforge\\[ray]').")
 RAY_ADDRESS = typer.Option(None, help="Ray cluster to join: auto, host:port or ray://host:port "
                                       "(default: start a local one for this run).")
 CPUS_PER_TASK = typer.Option(1.0, help="CPUs each shard asks of Ray.")

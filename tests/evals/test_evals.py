@@ -108,6 +108,31 @@ def test_a_grid_runs_every_depth_of_a_trial_before_the_next_trial(tok, model, tm
     assert [(r["trial"], r["depth"]) for r in rows] == [(0, 0.0), (0, 1.0), (1, 0.0), (1, 1.0)]
 
 
+def _rows(folder) -> dict:
+    return {runner.Results.key(r): r for r in runner.Results.folder(folder).rows}
+
+
+def test_the_shards_of_a_grid_write_the_rows_of_one_run_into_one_folder(tok, model, tmp_path,
+                                                                        monkeypatch):
+    grid = ("passkey", model, tok, passkey.build, passkey.score, [120], [0.0, 0.5, 1.0], 2,
+            parse_methods("dense,quest", "1/4"))
+    args = dict(page_size=8, tail=8, max_new=2, dense_layers=1)
+    run_grid(*grid, tmp_path / "one", **args)
+    for k in (1, 0):
+        run_grid(*grid, tmp_path / "sharded", shard=(k, 2), **args)
+    # round robin over the samples in grid order: shard 0 has samples 0, 2, 4 of the six
+    part = [json.loads(x) for x in (tmp_path / "sharded" / "results.0-of-2.jsonl").open()]
+    assert [(r["trial"], r["depth"]) for r in part][::2] == [(0, 0.0), (0, 1.0), (1, 0.5)]
+    assert not (tmp_path / "sharded" / "results.jsonl").exists()
+    one, sharded = _rows(tmp_path / "one"), _rows(tmp_path / "sharded")
+    assert len(one) == 12 and one == sharded
+    # resume reads every shard's file: nothing is decoded again, sharded or not
+    monkeypatch.setattr(runner, "run_sample", lambda *a, **k: pytest.fail("recomputed"))
+    run_grid(*grid, tmp_path / "sharded", shard=(0, 3), **args)
+    run_grid(*grid, tmp_path / "sharded", **args)
+    assert write_report(tmp_path / "sharded")["overall"] == write_report(tmp_path / "one")["overall"]
+
+
 def test_dense_token_by_token_ppl_equals_teacher_forcing(tok, model, tmp_path):
     hay = tmp_path / "doc.txt"
     hay.write_text(" ".join(f"word{i % 37} is next." for i in range(300)))

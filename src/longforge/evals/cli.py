@@ -2,7 +2,9 @@
 
 Runs are resumable: results go to ``OUTPUT/results.jsonl`` one cell at a time and a rerun with
 the same output folder skips finished cells. Long runs: start them in the background
-(``nohup longforge eval passkey ... &``) and rerun after an interruption.
+(``nohup longforge eval passkey ... &``) and rerun after an interruption; ``--num-shards N``
+splits a passkey or NIAH grid among N jobs (local processes or Ray tasks, by ``--executor``),
+each appending to its own ``results.<k>-of-<n>.jsonl`` in the same folder.
 """
 from __future__ import annotations
 
@@ -10,10 +12,12 @@ from pathlib import Path
 
 import typer
 
-from longforge.cli_support import DEVICE_HELP, DTYPE_HELP, command, default_output, deprecated, split
+from longforge.cli_support import (CPUS_PER_TASK, DEVICE_HELP, DTYPE_HELP, EXECUTOR, RAY_ADDRESS,
+                                   WORKERS, command, default_output, default_workers, deprecated,
+                                   split)
 
-app = typer.Typer(help="Evaluate decode-time KV policies (dense, Quest, StreamingLLM, H2O) on "
-                       "passkey retrieval, needle-in-a-haystack and perplexity.",
+app = typer.Typer(help="Evaluate decode-time KV policies (dense, Quest, StreamingLLM, H2O, TOVA, "
+                       "SnapKV) on passkey retrieval, needle-in-a-haystack and perplexity.",
                   no_args_is_help=True)
 
 _MODEL = typer.Option("gemma-3-270m", help="Model spec (bundled name, .gguf file, HF id or "
@@ -36,6 +40,10 @@ _DTYPE = typer.Option("auto", help=DTYPE_HELP)
 _OUTPUT = typer.Option(None, "--output", "-o", help="Output folder (resumable; default "
                                                     "out/eval/<task>).")
 _OUT_OLD = typer.Option(None, "--out", hidden=True)
+_NUM_SHARDS = typer.Option(1, help="Split the samples among this many jobs (round robin), run "
+                                    "by --executor in --workers processes or Ray tasks that "
+                                    "write into one folder, each to results.<k>-of-<n>.jsonl.")
+_GPUS_PER_TASK = typer.Option(0.0, help="GPUs each shard asks of Ray (1: a GPU per shard).")
 _HAYSTACK = typer.Option(None, help="Haystack text: corpus .jsonl[.gz], text file or folder "
                                     "(default: the sample corpus).")
 
@@ -72,37 +80,40 @@ def _output(task: str, output, out_old) -> Path:
 
 
 def _grid(task: str, model, lengths, depths, trials, methods, budgets, out, tail, max_new,
-          page_size, dense_layers, seed, device, dtype, settings=None, haystack=None,
+          page_size, dense_layers, seed, device, dtype, run, settings=None, haystack=None,
           variant="single", needles=4):
-    import functools
-
     from longforge.evals import niah, passkey
+    from longforge.evals.grid import GridJob
     from longforge.evals.report import write_report
-    from longforge.evals.runner import numbers_done, run_grid
-    from longforge.models import cache_dir
+    from longforge.executor import make_executor
+    from longforge.models import load_tokenizer
     from longforge.progress import say
 
-    if task == "passkey":
-        build, score, free = passkey.build, passkey.score, passkey.needle_free
-    else:
-        build = functools.partial(niah.build, haystack=haystack, variant=variant, needles=needles)
-        score = niah.score
-        free = functools.partial(niah.needle_free, haystack=haystack)
-    ms, dense_layers = _methods(methods, budgets), _dense(dense_layers)
-    lm = _load(model, device, dtype)
+    ms = _methods(methods, budgets)
+    job = GridJob(task, model, tuple(split(lengths, int)), tuple(split(depths, float)), trials,
+                  ",".join(m.label for m in ms), str(out), tail,
+                  max_new, page_size, _dense(dense_layers), seed, device, dtype,
+                  settings or {}, haystack, variant, needles)
     if any(m.context_only for m in ms):
-        q = (passkey.question_tokens(lm.tokenizer) if task == "passkey"
-             else niah.question_tokens(lm.tokenizer, variant))
+        tok = load_tokenizer(model)
+        q = (passkey.question_tokens(tok) if task == "passkey"
+             else niah.question_tokens(tok, variant))
         if tail < q:
             raise typer.BadParameter(f"{tail} is shorter than the question ({q} tokens): a "
                                      "-context method would compress with part of it in view",
                                      param_hint="--tail")
-    stop = (numbers_done(lm.tokenizer, needles, digits=niah.VALUE_DIGITS)
-            if variant == "multivalue" else numbers_done(lm.tokenizer, 1))
-    run_grid(task, lm.model, lm.tokenizer, build, score, split(lengths, int), split(depths, float),
-             trials, ms, out, tail=tail, max_new=max_new, page_size=page_size,
-             dense_layers=dense_layers, seed=seed, settings={"model": model, **(settings or {})},
-             stop=stop, needle_free=free, bank_dir=cache_dir() / "prefix-banks")
+    num_shards, executor, workers, ray_address, cpus, gpus = run
+    if num_shards < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--num-shards")
+    try:
+        ex = make_executor(executor, default_workers(workers, executor), None, desc=task,
+                           ray_address=ray_address, cpus_per_task=cpus, gpus_per_task=gpus)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if num_shards == 1 and ex.kind == "local":
+        job()  # in this process, without a shard progress bar
+    else:
+        ex.run(job, num_shards)
     write_report(out)
     say(f"{task}: tables and heatmaps under {Path(out).resolve()}")
     typer.echo((Path(out) / "summary.md").read_text())
@@ -116,12 +127,16 @@ def passkey(model: str = _MODEL, lengths: list[str] = typer.Option(["2048,4096,8
             output: Path = _OUTPUT,
             tail: int = typer.Option(64, help="Prompt tokens fed one at a time (decode path)."),
             max_new: int = 10, page_size: int = _PAGE, dense_layers: str = _DENSE, seed: int = 0,
-            device: str = _DEVICE, dtype: str = _DTYPE, out_old: Path = _OUT_OLD):
+            device: str = _DEVICE, dtype: str = _DTYPE, num_shards: int = _NUM_SHARDS,
+            workers: int = WORKERS, executor: str = EXECUTOR, ray_address: str = RAY_ADDRESS,
+            cpus_per_task: float = CPUS_PER_TASK, gpus_per_task: float = _GPUS_PER_TASK,
+            out_old: Path = _OUT_OLD):
     """Passkey retrieval (Landmark Attention / Quest template) per method x budget x length x
     depth."""
     _grid("passkey", model, lengths, depths, trials, methods, budgets,
           _output("passkey", output, out_old), tail, max_new, page_size, dense_layers, seed,
-          device, dtype)
+          device, dtype, (num_shards, executor, workers, ray_address, cpus_per_task,
+                          gpus_per_task))
 
 
 @app.command()
@@ -140,7 +155,10 @@ def niah(model: str = _MODEL, lengths: list[str] = typer.Option(["2048,4096,8192
                                                                "(default 12; multivalue 16 "
                                                                "per needle)."),
          page_size: int = _PAGE, dense_layers: str = _DENSE,
-         seed: int = 0, device: str = _DEVICE, dtype: str = _DTYPE, out_old: Path = _OUT_OLD):
+         seed: int = 0, device: str = _DEVICE, dtype: str = _DTYPE,
+         num_shards: int = _NUM_SHARDS, workers: int = WORKERS, executor: str = EXECUTOR,
+         ray_address: str = RAY_ADDRESS, cpus_per_task: float = CPUS_PER_TASK,
+         gpus_per_task: float = _GPUS_PER_TASK, out_old: Path = _OUT_OLD):
     """RULER-style needles in a haystack of real text per method x budget x length x depth."""
     from longforge.evals.niah import VALUE_DIGITS, VARIANTS, Haystack
 
@@ -158,8 +176,9 @@ def niah(model: str = _MODEL, lengths: list[str] = typer.Option(["2048,4096,8192
     # a listed value costs up to 13 tokens with a tokenizer of single digits ("  1. 9035508\n")
     max_new = max_new or (16 * needles if variant == "multivalue" else 12)
     _grid(task, model, lengths, depths, trials, methods, budgets, _output(task, output, out_old),
-          tail, max_new, page_size, dense_layers, seed, device, dtype, extra, haystack=hay,
-          variant=variant, needles=needles)
+          tail, max_new, page_size, dense_layers, seed, device, dtype,
+          (num_shards, executor, workers, ray_address, cpus_per_task, gpus_per_task), extra,
+          haystack=hay, variant=variant, needles=needles)
 
 
 @app.command()

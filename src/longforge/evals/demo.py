@@ -24,7 +24,7 @@ def sparse_stage(out_dir: Path, model) -> str:
                  settings={"model": model.spec})
     s = write_report(out)
     acc = {r["method"]: r["value"] for r in s["overall"]}
-    rows = Results(out / "results.jsonl").rows
+    rows = Results.folder(out).rows
     budget = sorted({r["budget_tokens"] for r in rows if r["method"] == "quest"})
     n = len(DEPTHS)
     return (f"passkey at 2048 tokens, {n} depths: dense {acc['dense']:.0%}, Quest with a "

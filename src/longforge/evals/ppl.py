@@ -55,7 +55,7 @@ def run(model, tok, lengths, tokens: int, methods: list[Method], out_dir: Path,
     pin_settings(out_dir, {"task": "ppl", "page_size": page_size, "dense_layers": dense_layers,
                            "tokens": tokens, "budgets": BUDGET_RULE, "dtype": str(model.dtype),
                            **extra, **(settings or {})})
-    res = Results(Path(out_dir) / "results.jsonl")
+    res = Results.folder(out_dir)
     with sparse_attention(model, Dense()):
         for L in lengths:
             todo = [m for m in methods if not res.done(_row(m, L))]

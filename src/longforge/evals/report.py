@@ -243,9 +243,9 @@ def write_report(out_dir: Path) -> dict:
     """Write ``summary.json`` (with the run's pinned settings), ``summary.md`` and heatmaps next
     to ``results.jsonl``."""
     out_dir = Path(out_dir)
-    rows = Results(out_dir / "results.jsonl").rows
+    rows = Results.folder(out_dir).rows
     if not rows:
-        raise FileNotFoundError(f"no results in {out_dir / 'results.jsonl'}")
+        raise FileNotFoundError(f"no results in {out_dir} (results*.jsonl)")
     task = rows[0]["task"]
     s = summarize(rows)
     pinned = RunFolder(out_dir, "eval", legacy=("config.json",)).pinned()

@@ -95,7 +95,7 @@ def pin_settings(out_dir: Path, settings: dict) -> None:
 
     out_dir = Path(out_dir)
     RunFolder(out_dir, "eval", legacy=("config.json",)).pin(
-        settings, has_results=bool(Results(out_dir / "results.jsonl").rows))
+        settings, has_results=bool(Results.folder(out_dir).rows))
 
 
 def parse_methods(methods: str, budgets: str) -> list[Method]:
@@ -117,18 +117,35 @@ def parse_methods(methods: str, budgets: str) -> list[Method]:
     return out
 
 
-class Results:
-    """Append-only JSONL of finished cells; ``done(key)`` for resume."""
+RESULTS = "results.jsonl"
 
-    def __init__(self, path: Path):
+
+def results_name(shard: tuple[int, int] | None = None) -> str:
+    """``results.jsonl``, or ``results.<k>-of-<n>.jsonl`` for shard ``k`` of ``n``."""
+    return RESULTS if shard is None else f"results.{shard[0]}-of-{shard[1]}.jsonl"
+
+
+class Results:
+    """Append-only JSONL of finished cells; ``done(key)`` for resume. ``also``: other files of
+    the same grid (other shards') whose rows count as finished too."""
+
+    def __init__(self, path: Path, also=()):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows = []
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                if line.strip():
-                    self.rows.append(json.loads(line))
+        for p in dict.fromkeys([self.path, *map(Path, also)]):
+            if p.exists():
+                self.rows += [json.loads(line) for line in p.read_text().splitlines()
+                              if line.strip()]
         self._keys = {self.key(r) for r in self.rows}
+
+    @classmethod
+    def folder(cls, out_dir: Path, shard: tuple[int, int] | None = None) -> "Results":
+        """Every row of a grid's folder (``results.jsonl`` and each shard's file), appending to
+        ``results_name(shard)``."""
+        out_dir = Path(out_dir)
+        parts = sorted(out_dir.glob("results.*-of-*.jsonl"))
+        return cls(out_dir / results_name(shard), also=[out_dir / RESULTS, *parts])
 
     @staticmethod
     def key(row: dict) -> tuple:
@@ -232,16 +249,25 @@ class PrefixBank:
                  directory: Path | None = None):
         self.ids, self.align = torch.tensor(ids), align
         self.path = self.loaded = None
-        if directory is not None:
-            key = _bank_key(model, ids, page_size, track_scores, align, chunk)
-            self.path = Path(directory) / f"{key}.safetensors"
+        if directory is None:
+            self.cache = self._prefill(model, ids, page_size, track_scores, chunk)
+            return
+        from filelock import FileLock
+
+        key = _bank_key(model, ids, page_size, track_scores, align, chunk)
+        self.path = Path(directory) / f"{key}.safetensors"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # shards of one grid started together: the first prefills, the others wait and read
+        with FileLock(f"{self.path}.lock"):
             self.cache = self._read(model, len(ids), page_size, track_scores)
             self.loaded = self.cache is not None
-        if not self.loaded:
-            self.cache = prefill(model, ids, len(ids), track_scores, page_size, chunk,
-                                 snapshot_every=align if track_scores else None)
-            if self.path is not None:
+            if not self.loaded:
+                self.cache = self._prefill(model, ids, page_size, track_scores, chunk)
                 self._write()
+
+    def _prefill(self, model, ids, page_size, track_scores, chunk) -> SparseCache:
+        return prefill(model, ids, len(ids), track_scores, page_size, chunk,
+                       snapshot_every=self.align if track_scores else None)
 
     def start(self, ids: list[int], max_len: int) -> tuple[SparseCache | None, int]:
         """``(cache holding the shared prefix, its length)`` for a prompt ``ids``, or (None, 0)."""
@@ -396,7 +422,7 @@ def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials:
              methods: list[Method], out_dir: Path, tail: int = 64, max_new: int = 12,
              page_size: int = 16, dense_layers: int | str = "auto", seed: int = 0,
              settings: dict | None = None, stop=None, needle_free=None,
-             bank_dir: Path | None = None) -> Results:
+             bank_dir: Path | None = None, shard: tuple[int, int] | None = None) -> Results:
     """Every (length, depth, trial) sample through every method; resumable.
 
     ``build(tokenizer, length, depth, rng_seed) -> (ids, expected)``;
@@ -407,7 +433,10 @@ def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials:
     first needle; given, one :class:`PrefixBank` of the longest length serves every sample
     (models whose every layer is full attention), kept in ``bank_dir`` when given (a resumed
     grid reads it instead of prefilling again), and made only if a sample still to run shares
-    at least ``BANK_ALIGN`` tokens with it.
+    at least ``BANK_ALIGN`` tokens with it. ``shard=(k, n)``: only every n-th sample from the
+    k-th (0-based) in :func:`sample_order`, appended to ``results.<k>-of-<n>.jsonl``; n jobs
+    with k = 0..n-1 run the whole grid between them, into one folder (resume and the report read
+    every shard's file).
     """
     from longforge.sparse.hf import sparse_attention
     from longforge.sparse.policies import Dense
@@ -415,8 +444,10 @@ def run_grid(task: str, model, tokenizer, build, score, lengths, depths, trials:
     pin_settings(out_dir, {"task": task, "page_size": page_size, "dense_layers": dense_layers,
                            "tail": tail, "max_new": max_new, "seed": seed,
                            "budgets": BUDGET_RULE, "dtype": str(model.dtype), **(settings or {})})
-    res = Results(Path(out_dir) / "results.jsonl")
+    res = Results.folder(out_dir, shard)
     cells = sample_order(lengths, depths, trials)
+    if shard is not None:
+        cells = cells[shard[0]::shard[1]]
     stop = stop or number_done(tokenizer)
     todo = [c for c in cells if not all(res.done(_row(task, m, *c)) for m in methods)]
     bank = None

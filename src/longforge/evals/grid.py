@@ -1,0 +1,62 @@
+"""A passkey or NIAH grid as an executor task: ``GridJob(...)(shard, num_shards)`` loads the
+model and runs its share of the samples (:func:`longforge.evals.runner.run_grid` with
+``shard``), so ``longforge eval --num-shards N`` runs a grid in N local processes or Ray tasks
+(one per GPU) that write into one folder. Everything in it is plain data: it pickles by
+reference to this module, as the executors need (docs/scale.md)."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GridJob:
+    task: str                   # passkey, niah, niah-multikey, niah-multivalue
+    model: str                  # a model spec (docs/models.md)
+    lengths: tuple[int, ...]
+    depths: tuple[float, ...]
+    trials: int
+    methods: str                # "dense,quest@1024,...": each with its budget (parse_methods)
+    out: str
+    tail: int
+    max_new: int
+    page_size: int
+    dense_layers: int | str
+    seed: int
+    device: str
+    dtype: str
+    settings: dict = field(default_factory=dict)  # what else the results depend on
+    haystack: object = None     # niah.Haystack (NIAH tasks)
+    variant: str = "single"
+    needles: int = 4
+
+    def functions(self):
+        """``(build, score, needle_free)`` of the task."""
+        from longforge.evals import niah, passkey
+
+        if self.task == "passkey":
+            return passkey.build, passkey.score, passkey.needle_free
+        build = functools.partial(niah.build, haystack=self.haystack, variant=self.variant,
+                                  needles=self.needles)
+        return build, niah.score, functools.partial(niah.needle_free, haystack=self.haystack)
+
+    def __call__(self, shard: int = 0, num_shards: int = 1) -> dict:
+        import torch
+
+        from longforge.evals import niah
+        from longforge.evals.runner import numbers_done, parse_methods, run_grid
+        from longforge.models import cache_dir, load_model
+
+        torch.set_grad_enabled(False)
+        lm = load_model(self.model, device=self.device, dtype=self.dtype)
+        build, score, free = self.functions()
+        stop = numbers_done(lm.tokenizer, self.needles if self.variant == "multivalue" else 1,
+                            digits=niah.VALUE_DIGITS if self.variant == "multivalue" else 1)
+        run_grid(self.task, lm.model, lm.tokenizer, build, score, list(self.lengths),
+                 list(self.depths), self.trials, parse_methods(self.methods, ""),
+                 self.out, tail=self.tail, max_new=self.max_new, page_size=self.page_size,
+                 dense_layers=self.dense_layers, seed=self.seed,
+                 settings={"model": self.model, **self.settings}, stop=stop, needle_free=free,
+                 bank_dir=cache_dir() / "prefix-banks",
+                 shard=(shard, num_shards) if num_shards > 1 else None)
+        return {"shard": shard, "num_shards": num_shards}
