@@ -127,22 +127,33 @@ def results_name(shard: tuple[int, int] | None = None) -> str:
 
 class Results:
     """Append-only JSONL of finished cells; ``done(key)`` for resume. ``also``: other files of
-    the same grid (other shards') whose rows count as finished too."""
+    the same grid (other shards') whose rows count as finished too. A cell found twice (two
+    commands that ran into one folder at once) counts once, its first row (files in the order
+    given, ``path`` last), with a warning."""
 
     def __init__(self, path: Path, also=()):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.rows = []
-        for p in dict.fromkeys([self.path, *map(Path, also)]):
-            if p.exists():
-                self.rows += [json.loads(line) for line in p.read_text().splitlines()
-                              if line.strip()]
-        self._keys = {self.key(r) for r in self.rows}
+        self.rows, self._keys, repeated = [], set(), 0
+        for p in dict.fromkeys([*map(Path, also), self.path]):
+            if not p.exists():
+                continue
+            for line in p.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    if self.key(row) in self._keys:
+                        repeated += 1
+                        continue
+                    self.rows.append(row)
+                    self._keys.add(self.key(row))
+        if repeated:
+            log.warning("%s: %d cells appear more than once; each counts once (its first row)",
+                        self.path.parent, repeated)
 
     @classmethod
     def folder(cls, out_dir: Path, shard: tuple[int, int] | None = None) -> "Results":
-        """Every row of a grid's folder (``results.jsonl`` and each shard's file), appending to
-        ``results_name(shard)``."""
+        """Every row of a grid's folder (``results.jsonl``, then each shard's file by name),
+        appending to ``results_name(shard)``."""
         out_dir = Path(out_dir)
         parts = sorted(out_dir.glob("results.*-of-*.jsonl"))
         return cls(out_dir / results_name(shard), also=[out_dir / RESULTS, *parts])
