@@ -91,9 +91,9 @@ def _grid(task: str, model, lengths, depths, trials, methods, budgets, out, tail
 
     ms = _methods(methods, budgets)
     job = GridJob(task, model, tuple(split(lengths, int)), tuple(split(depths, float)), trials,
-                  ",".join(m.label for m in ms), str(out), tail,
-                  max_new, page_size, _dense(dense_layers), seed, device, dtype,
-                  settings or {}, haystack, variant, needles)
+                  ",".join(m.label for m in ms), str(out), tail, max_new, page_size,
+                  _dense(dense_layers), seed, device, dtype, settings or {}, haystack, variant,
+                  needles)
     if any(m.context_only for m in ms):
         tok = load_tokenizer(model)
         q = (passkey.question_tokens(tok) if task == "passkey"
