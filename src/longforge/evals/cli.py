@@ -12,9 +12,9 @@ from pathlib import Path
 
 import typer
 
-from longforge.cli_support import (CPUS_PER_TASK, DEVICE_HELP, DTYPE_HELP, EXECUTOR, RAY_ADDRESS,
-                                   WORKERS, command, default_output, default_workers, deprecated,
-                                   split)
+from longforge.cli_support import (CPUS_PER_TASK, DEVICE_HELP, DTYPE_HELP, EXECUTOR,
+                                   GPUS_PER_TASK, RAY_ADDRESS, WORKERS, command, default_output,
+                                   default_workers, deprecated, split)
 
 app = typer.Typer(help="Evaluate decode-time KV policies (dense, Quest, StreamingLLM, H2O, TOVA, "
                        "SnapKV) on passkey retrieval, needle-in-a-haystack and perplexity.",
@@ -43,7 +43,6 @@ _OUT_OLD = typer.Option(None, "--out", hidden=True)
 _NUM_SHARDS = typer.Option(1, help="Split the samples among this many jobs (round robin), run "
                                     "by --executor in --workers processes or Ray tasks that "
                                     "write into one folder, each to results.<k>-of-<n>.jsonl.")
-_GPUS_PER_TASK = typer.Option(0.0, help="GPUs each shard asks of Ray (1: a GPU per shard).")
 _HAYSTACK = typer.Option(None, help="Haystack text: corpus .jsonl[.gz], text file or folder "
                                     "(default: the sample corpus).")
 
@@ -129,7 +128,7 @@ def passkey(model: str = _MODEL, lengths: list[str] = typer.Option(["2048,4096,8
             max_new: int = 10, page_size: int = _PAGE, dense_layers: str = _DENSE, seed: int = 0,
             device: str = _DEVICE, dtype: str = _DTYPE, num_shards: int = _NUM_SHARDS,
             workers: int = WORKERS, executor: str = EXECUTOR, ray_address: str = RAY_ADDRESS,
-            cpus_per_task: float = CPUS_PER_TASK, gpus_per_task: float = _GPUS_PER_TASK,
+            cpus_per_task: float = CPUS_PER_TASK, gpus_per_task: float = GPUS_PER_TASK,
             out_old: Path = _OUT_OLD):
     """Passkey retrieval (Landmark Attention / Quest template) per method x budget x length x
     depth."""
@@ -158,7 +157,7 @@ def niah(model: str = _MODEL, lengths: list[str] = typer.Option(["2048,4096,8192
          seed: int = 0, device: str = _DEVICE, dtype: str = _DTYPE,
          num_shards: int = _NUM_SHARDS, workers: int = WORKERS, executor: str = EXECUTOR,
          ray_address: str = RAY_ADDRESS, cpus_per_task: float = CPUS_PER_TASK,
-         gpus_per_task: float = _GPUS_PER_TASK, out_old: Path = _OUT_OLD):
+         gpus_per_task: float = GPUS_PER_TASK, out_old: Path = _OUT_OLD):
     """RULER-style needles in a haystack of real text per method x budget x length x depth."""
     from longforge.evals.niah import VALUE_DIGITS, VARIANTS, Haystack
 

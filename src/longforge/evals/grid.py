@@ -1,8 +1,8 @@
 """A passkey or NIAH grid as an executor task: ``GridJob(...)(shard, num_shards)`` loads the
 model and runs its share of the samples (:func:`longforge.evals.runner.run_grid` with
 ``shard``), so ``longforge eval --num-shards N`` runs a grid as N shards, in local worker
-processes or Ray tasks (one per GPU), that write into one folder. Everything in it is plain data: it pickles by
-reference to this module, as the executors need (docs/scale.md)."""
+processes or Ray tasks (one per GPU), that write into one folder. Everything in it is plain
+data: it pickles by reference to this module, as the executors need (docs/scale.md)."""
 from __future__ import annotations
 
 import functools
