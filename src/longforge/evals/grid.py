@@ -45,10 +45,10 @@ class GridJob:
 
         from longforge.evals import niah
         from longforge.evals.runner import numbers_done, parse_methods, run_grid
-        from longforge.models import cache_dir, load_model
+        from longforge.models import cache_dir
 
         torch.set_grad_enabled(False)
-        lm = load_model(self.model, device=self.device, dtype=self.dtype)
+        lm = _loaded(self.model, self.device, self.dtype)
         build, score, free = self.functions()
         stop = numbers_done(lm.tokenizer, self.needles if self.variant == "multivalue" else 1,
                             digits=niah.VALUE_DIGITS if self.variant == "multivalue" else 1)
@@ -60,3 +60,12 @@ class GridJob:
                  bank_dir=cache_dir() / "prefix-banks",
                  shard=(shard, num_shards) if num_shards > 1 else None)
         return {"shard": shard, "num_shards": num_shards}
+
+
+@functools.lru_cache(maxsize=1)
+def _loaded(spec: str, device: str, dtype: str):
+    """The model, kept for the next shard this process runs: the local executor with one worker
+    runs every shard in turn in one process, and a Ray worker may be given several."""
+    from longforge.models import load_model
+
+    return load_model(spec, device=device, dtype=dtype)
