@@ -118,11 +118,12 @@ def parse_methods(methods: str, budgets: str) -> list[Method]:
 
 
 RESULTS = "results.jsonl"
+SHARD_RESULTS = "results.{k}-of-{n}.jsonl"  # shard k of n (run_grid's ``shard``)
 
 
 def results_name(shard: tuple[int, int] | None = None) -> str:
     """``results.jsonl``, or ``results.<k>-of-<n>.jsonl`` for shard ``k`` of ``n``."""
-    return RESULTS if shard is None else f"results.{shard[0]}-of-{shard[1]}.jsonl"
+    return RESULTS if shard is None else SHARD_RESULTS.format(k=shard[0], n=shard[1])
 
 
 class Results:
@@ -155,7 +156,7 @@ class Results:
         """Every row of a grid's folder (``results.jsonl``, then each shard's file by name),
         appending to ``results_name(shard)``."""
         out_dir = Path(out_dir)
-        parts = sorted(out_dir.glob("results.*-of-*.jsonl"))
+        parts = sorted(out_dir.glob(SHARD_RESULTS.format(k="*", n="*")))
         return cls(out_dir / results_name(shard), also=[out_dir / RESULTS, *parts])
 
     @staticmethod
