@@ -45,3 +45,32 @@ def test_decode_bench_writes_json_and_markdown(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "Command: `longforge bench decode --contexts 512 --llama tiny" in md
     assert "synthetic keys and values" in md and "real dense prefill" in md
+
+
+def test_decode_bench_in_bf16_with_the_triton_kernel_through_its_interpreter(tmp_path):
+    """The GPU configuration (bf16, Triton) on CPU tensors: Triton's interpreter runs the same
+    kernels (tests/conftest.py sets TRITON_INTERPRET=1)."""
+    res = CliRunner().invoke(app, [
+        "decode", "--contexts", "256", "--llama", "tiny", "--model", "tiny-llama",
+        "--model-contexts", "128", "--steps", "1", "--warmup", "1", "--budget", "64",
+        "--stream-mb", "8", "--device", "cpu", "--dtype", "bf16", "--kernel", "triton",
+        "-o", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["meta"]["dtype"] == "bf16" and data["meta"]["settings"]["kernel"] == "triton"
+    for r in data["rows"]:
+        assert r["dense_ms"] > 0 and r["quest_ms"] > 0 and r["quest_torch_ms"] is None
+        assert r["quest_kv_bytes"] < r["dense_kv_bytes"]
+    pinned = json.loads((tmp_path / "settings.json").read_text())
+    cmd = data["meta"]["command"]
+    assert "--kernel triton" in cmd and "--device cpu --dtype bf16" in cmd
+    assert "bf16" in json.dumps(pinned) and "Batch 1, bf16" in (tmp_path / "results.md").read_text()
+
+
+def test_decode_bench_refuses_a_kernel_the_device_does_not_run(tmp_path):
+    res = CliRunner().invoke(app, ["decode", "--device", "cpu", "--kernel", "cuda-only",
+                                   "-o", str(tmp_path)])
+    assert res.exit_code == 2 and "does not run on cpu" in res.output
+    assert not (tmp_path / "settings.json").exists()
+    s = decode.checked(decode.Settings(kernel="auto"))
+    assert (s.kernel, s.dtype) == ("c", "fp32")

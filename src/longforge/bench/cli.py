@@ -50,7 +50,9 @@ def _require_device(device: str) -> str:
 def _run(name: str, bench, settings, write, markdown, out: Path, files: str, hint: str,
          check=None) -> None:
     """Run one benchmark; bad settings and a C kernel that cannot be built become usage
-    errors; then write the results (a run folder) and print the Markdown."""
+    errors; then write the results (a run folder) and print the Markdown. ``check()`` validates
+    the settings before anything is written, and may return them resolved (``auto`` made
+    concrete), as they are pinned and run."""
     from dataclasses import asdict
 
     from longforge.runs import RunFolder
@@ -58,7 +60,9 @@ def _run(name: str, bench, settings, write, markdown, out: Path, files: str, hin
 
     try:
         if check is not None:
-            check()
+            settings = check() or settings
+    except KernelBuildError as exc:
+        raise typer.BadParameter(f"{exc}\n({hint})") from exc
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     run = RunFolder(out, f"bench {name}")
@@ -169,16 +173,20 @@ def decode(
     dense_layers: str = typer.Option("auto", help="Layers that decode densely: auto, N (by "
                                                   "index) or full:N (see longforge eval)."),
     page_size: int = typer.Option(16),
-    kernel: str = typer.Option("c", help="Quest CPU kernel: c or torch."),
+    kernel: str = typer.Option("auto", help="Quest kernel: auto (c on a CPU, triton on CUDA), "
+                                            "c or torch (CPU), triton (CUDA)."),
     stream_mb: int = typer.Option(512, help="MiB summed to measure the read bandwidth."),
     seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    dtype: str = typer.Option("auto", help="Weights and KV cache: auto (fp32 on a CPU, bf16 "
+                                           "on CUDA), fp32, bf16 or fp16."),
     output: Path = typer.Option(None, "--output", "-o", help="Output folder (default "
                                                              "out/bench/decode)."),
     out_old: Path = _OUT_OLD,
     gemma_old: str = typer.Option(None, "--gemma", hidden=True),
     gemma_contexts_old: list[str] = typer.Option(None, "--gemma-contexts", hidden=True),
 ):
-    """End-to-end decode tokens/s, dense vs Quest, through the model forward (CPU)."""
+    """End-to-end decode tokens/s, dense vs Quest, through the model forward."""
     from longforge.bench import decode as bench
     from longforge.bench.report import decode_markdown, write_decode
     from longforge.sparse.policies import normalize_dense_layers
@@ -196,6 +204,6 @@ def decode(
                        model_contexts=_ints(model_contexts), steps=steps, warmup=warmup,
                        budget=budget, dense_layers=dense_layers, page_size=page_size,
                        kernel=kernel, stream_mb=stream_mb, seed=seed,
-                       out=str(out))
+                       device=_require_device(device), dtype=dtype, out=str(out))
     _run("decode", bench, s, write_decode, decode_markdown, out, "results.json, results.md",
-         "or pass --kernel torch")
+         "or pass --kernel torch", lambda: bench.checked(s))

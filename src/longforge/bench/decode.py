@@ -16,23 +16,26 @@ faster dense path of ``longforge bench attention`` -- not a cache that grows by 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from longforge.bench import common
 from longforge.bench.attention import Shape, dense_bytes, quest_bytes
-from longforge.models import cache_kw
+from longforge.models import cache_kw, resolve_dtype
 from longforge.progress import progress, say
 from longforge.sparse.hf import PagedLayer, SparseCache, sparse_attention
 from longforge.sparse.backends import get_backend
 from longforge.sparse.policies import Dense, Quest
 
-CPU_KERNELS = ("torch", "c")
+# The Quest kernels each device runs (the first is ``auto``'s choice). Triton also runs on CPU
+# tensors under its interpreter (``TRITON_INTERPRET=1``, slow: for tests).
+KERNELS = {"cpu": ("c", "torch"), "cuda": ("triton",)}
 
 FILL_NOTE = ("Part (a): the KV cache is filled in place with synthetic keys and values "
              "(k.normal_(), v.normal_(), then store.set_length(L)) -- no prefill ran (128K "
-             "tokens would take hours on 2 cores); the model's weights are random.")
+             "tokens take hours to prefill on a CPU); the model's weights are random.")
 
 
 @dataclass
@@ -49,17 +52,19 @@ class Settings:
     kernel: str = "c"
     stream_mb: int = 512
     seed: int = 0
+    device: str = "cpu"
+    dtype: str = "auto"         # fp32 on a CPU, bf16 on CUDA (longforge.models.resolve_dtype)
     out: str = ""
 
     def command(self) -> str:
         return common.command_line("decode", self)
 
     def policies(self) -> dict:
-        """``name: policy`` (with its backend); with the C kernel, Quest on the PyTorch backend
-        is timed too (``quest_torch``)."""
+        """``name: policy`` (with its backend; dense runs the same backend's dense step); with
+        the C kernel, Quest on the PyTorch backend is timed too (``quest_torch``)."""
         out = {"dense": Dense(page_size=self.page_size, backend=self.kernel),
                "quest": Quest(self.budget, self.page_size, self.dense_layers, self.kernel)}
-        if self.kernel != "torch":
+        if self.kernel == "c":
             out["quest_torch"] = Quest(self.budget, self.page_size, self.dense_layers, "torch")
         return out
 
@@ -81,12 +86,12 @@ def llama_config(name: str, max_len: int):
     raise ValueError(f"--llama must be tinyllama or tiny, got {name!r}")
 
 
-def random_llama(name: str, max_len: int, seed: int):
+def random_llama(name: str, max_len: int, seed: int, device="cpu", dtype=torch.float32):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     cfg = llama_config(name, max_len)
-    return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(device).eval()
 
 
 def weight_bytes(model) -> int:
@@ -104,7 +109,8 @@ def synthetic_cache(model, length: int, extra: int, page_size: int) -> SparseCac
     cfg = model.config
     cache = SparseCache(model, max_len=length + extra, page_size=page_size)
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    empty = torch.empty(1, cfg.num_key_value_heads, 0, hd)
+    w = next(model.parameters())
+    empty = torch.empty(1, cfg.num_key_value_heads, 0, hd, device=w.device, dtype=w.dtype)
     for layer in cache.layers:
         if not isinstance(layer, PagedLayer):
             raise ValueError("synthetic caches need full-attention (paged) layers only")
@@ -122,11 +128,11 @@ def kv_bytes(cache: SparseCache, policy, page_size: int) -> int:
     for i, layer in enumerate(cache.layers):
         if isinstance(layer, PagedLayer):
             st = layer.store
-            shape = Shape(st.k.shape[1], st.k.shape[1], st.head_dim)
+            shape, esize = Shape(st.k.shape[1], st.k.shape[1], st.head_dim), st.k.element_size()
             sparse = policy.token_budget is not None and not policy.is_dense_layer(
                 i, cache.layer_types)
-            total += (quest_bytes(shape, st.length, policy.token_budget, page_size, 4) if sparse
-                      else dense_bytes(shape, st.length, 4))
+            total += (quest_bytes(shape, st.length, policy.token_budget, page_size, esize)
+                      if sparse else dense_bytes(shape, st.length, esize))
         else:  # sliding window: dense over the window
             k = layer.keys
             total += 2 * k.numel() * k.element_size()
@@ -162,7 +168,7 @@ def time_steps(model, runs: dict, steps: int, warmup: int,
     times = {n: [] for n in names}
     for r in range(steps):
         for n in common.rotated(names, r):
-            times[n].append(common.timed(lambda: one(n), torch.device("cpu")))
+            times[n].append(common.timed(lambda: one(n), stream.buf.device))
     return times
 
 
@@ -192,10 +198,11 @@ def summarize(model_name: str, part: str, context: int, times: dict, weights: in
 # ------------------------------------------------------------------ the two parts
 def llama_part(s: Settings, stream: common.Stream) -> list[dict]:
     extra = 2 * (s.steps + s.warmup) + s.page_size
-    model = random_llama(s.llama, max(s.contexts) + extra + 64, s.seed)
+    model = random_llama(s.llama, max(s.contexts) + extra + 64, s.seed, s.device,
+                         resolve_dtype(s.dtype, torch.device(s.device)))
     weights = weight_bytes(model)
     pol = s.policies()
-    token = torch.tensor([[1]])
+    token = torch.tensor([[1]], device=s.device)
     rows = []
     with sparse_attention(model, Dense()):
         floor = synthetic_cache(model, s.page_size, extra, s.page_size)
@@ -212,11 +219,11 @@ def llama_part(s: Settings, stream: common.Stream) -> list[dict]:
     return rows
 
 
-def prompt_ids(tok, length: int, vocab: int, seed: int) -> torch.Tensor:
+def prompt_ids(tok, length: int, vocab: int, seed: int, device="cpu") -> torch.Tensor:
     """A real passkey prompt of about ``length`` tokens (ids folded into tiny test vocabularies)."""
     from longforge.evals.passkey import build
 
-    ids = torch.tensor([build(tok, length, 0.5, seed)[0]])
+    ids = torch.tensor([build(tok, length, 0.5, seed)[0]], device=device)
     return ids % vocab if int(ids.max()) >= vocab else ids
 
 
@@ -237,17 +244,17 @@ def real_model_part(s: Settings, stream: common.Stream) -> list[dict]:
 
     from longforge.models import load_model
 
-    lm = load_model(s.model, device="cpu", dtype="fp32")
+    lm = load_model(s.model, device=s.device, dtype=s.dtype)
     model, vocab = lm.model, lm.model.config.get_text_config().vocab_size
     weights = weight_bytes(model)
     pol = s.policies()
     extra = s.steps + s.warmup + s.page_size
     rows = []
     with sparse_attention(model, Dense()):
-        floor, ftok = prefill(model, prompt_ids(lm.tokenizer, s.page_size, vocab, s.seed), extra,
-                              s.page_size)
+        floor, ftok = prefill(model, prompt_ids(lm.tokenizer, s.page_size, vocab, s.seed,
+                                                s.device), extra, s.page_size)
         for L in progress(s.model_contexts, desc=f"decode {s.model}", unit="context"):
-            ids = prompt_ids(lm.tokenizer, L, vocab, s.seed)
+            ids = prompt_ids(lm.tokenizer, L, vocab, s.seed, s.device)
             t0 = time.perf_counter()
             base, tok = prefill(model, ids, extra, s.page_size)
             prefill_s = time.perf_counter() - t0
@@ -267,13 +274,28 @@ def _line(r: dict) -> str:
             f"{r['quest_ms']:.1f} ms ({r['speedup']:.2f}x), no context {r['no_context_ms']:.1f} ms")
 
 
+def checked(s: Settings) -> Settings:
+    """``s`` with ``auto`` kernel and dtype resolved for its device; a kernel that does not run
+    there is a ``ValueError``, and the C kernel is built now (a clear error if it cannot be)."""
+    device = torch.device(s.device)
+    kernels = KERNELS[device.type]
+    if os.environ.get("TRITON_INTERPRET") == "1" and device.type == "cpu":
+        kernels = (*kernels, "triton")
+    kernel = kernels[0] if s.kernel == "auto" else s.kernel
+    if kernel not in kernels:
+        raise ValueError(f"the Quest kernel {kernel!r} does not run on {device.type}; choose "
+                         f"one of {('auto', *kernels)}")
+    get_backend(kernel, device)
+    dtype = str(resolve_dtype(s.dtype, device)).removeprefix("torch.")
+    return replace(s, kernel=kernel, dtype={"float32": "fp32", "bfloat16": "bf16",
+                                            "float16": "fp16"}.get(dtype, dtype))
+
+
 def run(s: Settings) -> dict:
     """Both parts; returns ``{"meta": ..., "rows": [...]}`` (nothing written)."""
-    if s.kernel not in CPU_KERNELS:
-        raise ValueError(f"unknown CPU kernel {s.kernel!r}; choose one of {CPU_KERNELS}")
-    get_backend(s.kernel)  # builds the C kernel now (a clear error if it cannot be built)
+    s = checked(s)
     torch.manual_seed(s.seed)
-    device = torch.device("cpu")
+    device = torch.device(s.device)
     env = common.environment(device)
     load_start = common.load_average()
     stream = common.Stream(s.stream_mb * 2**20, device)
@@ -283,7 +305,7 @@ def run(s: Settings) -> dict:
     meta = {**env, "command": s.command(), "settings": asdict(s),
             "load_average_start": load_start, "load_average_end": common.load_average(),
             "fill": FILL_NOTE,
-            "stream_mb": s.stream_mb, "batch": 1,
+            "stream_mb": s.stream_mb, "batch": 1, "dtype": s.dtype,
             "timing": (f"median of {s.steps} decode steps per policy after {s.warmup} warm-up "
                        "steps; policies alternate step by step in a rotating order")}
     return {"meta": meta, "rows": rows}

@@ -151,11 +151,13 @@ def decode_markdown(result: dict) -> str:
            f"- Part (b): `{st['model']}` after a real dense prefill of a passkey prompt; the "
            "cache is copied per policy and each policy greedily decodes its own continuation.",
            f"- Quest: budget {st['budget']}, page size {st['page_size']}, first "
-           f"{st['dense_layers']} layers dense, CPU kernel `{st['kernel']}` (and, as "
-           "`Quest torch`, the default PyTorch path, when that is not the kernel). Dense: the "
-           "`Dense` policy of the same harness (`ops.dense_decode`, matmul-softmax-matmul) "
-           "over the same preallocated cache.",
-           f"- Batch 1, fp32; {meta['timing']}. \"No context\": the same model over a near-empty "
+           f"{st['dense_layers']} layers dense, kernel `{st['kernel']}`"
+           + (" (and, as `Quest torch`, the PyTorch CPU backend)" if st["kernel"] == "c" else "")
+           + ". Dense: the `Dense` policy of the same harness over the same preallocated cache "
+           "(the backend's dense step: matmul-softmax-matmul on a CPU, Triton's paged kernel "
+           "over every page on CUDA).",
+           f"- Batch 1, {meta.get('dtype', 'fp32')}; {meta['timing']}. \"No context\": the "
+           "same model over a near-empty "
            "cache (one page; in part (b) the shortest passkey prompt): weights, matmuls, "
            "framework; step - no context = the attention's share.",
            "- Limits: (weights read per step + K/V bytes of the policy) / the streaming-read "
