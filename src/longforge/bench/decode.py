@@ -5,13 +5,16 @@
     ``store.set_length``): prefilling 128K tokens on 2 CPU cores would take hours. Dense and
     Quest decode steps alternate over the same preallocated cache (``cache.policy`` is swapped
     between steps; each step appends one token).
-(b) The bundled Gemma 3 270M after a real dense prefill of a passkey prompt: the cache is copied
-    once per policy and each policy greedily decodes its own continuation, steps alternating.
+(b) A real model (``--model``, e.g. ``qwen``) after a real dense prefill of a passkey prompt: the
+    cache is copied once per policy and each policy greedily decodes its own continuation, steps
+    alternating.
 
-Both parts also time the same model over a one-page cache ("no context": weights, matmuls and
-framework overhead), so the attention's share of a step is the difference. Dense decode is the
-``Dense`` policy of the same harness -- the backend's dense step over the preallocated cache, the
-faster dense path of ``longforge bench attention`` -- not a cache that grows by concatenation.
+Both parts run on the CPU (fp32, the C kernel) or a CUDA GPU (bf16, the Triton kernels), as
+``device``, ``dtype`` and ``kernel`` say (``auto`` by default). Both also time the same model
+over a one-page cache ("no context": weights, matmuls and framework overhead), so the
+attention's share of a step is the difference. Dense decode is the ``Dense`` policy of the same
+harness -- the backend's dense step over the preallocated cache (on a CPU the faster dense path
+of ``longforge bench attention``) -- not a cache that grows by concatenation.
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ class Settings:
     budget: int = 2048
     dense_layers: int | str = "auto"
     page_size: int = 16
-    kernel: str = "c"
+    kernel: str = "auto"        # c on a CPU, triton on CUDA (KERNELS)
     stream_mb: int = 512
     seed: int = 0
     device: str = "cpu"
