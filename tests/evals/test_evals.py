@@ -43,6 +43,26 @@ def test_niah_prompt_uses_corpus_text_and_depth(tok, tmp_path):
     assert niah.score(f" {value}.", value) and not niah.score(" 123", value)
 
 
+def test_niah_answers_hold_the_value_as_a_whole_number():
+    assert niah.score(" 5477900.", "5477900") and niah.score("is:5477900\n", "5477900")
+    # RULER's substring match would count these: the value inside a longer number
+    assert not niah.score(" 54779000000", "5477900") and not niah.score(" 15477900", "5477900")
+    assert niah.score(" 12, 34 and 56.", ["12", "34", "56"])
+    assert not niah.score(" 12, 345 and 56.", ["12", "34", "56"])
+    assert niah.recall(" 12, 345 and 56.", ["12", "34", "56"]) == 2 / 3
+
+
+def test_the_report_scores_stored_answers_again(tmp_path):
+    rows = [dict(task="niah", method=m, budget=b, length=100, depth=0.0, trial=0,
+                 expected="5477900", output=out, correct=True)
+            for m, b, out in (("dense", "-", " 5477900."), ("quest", "64", " 54779000000"))]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = write_report(tmp_path)
+    acc = {r["method"]: r["value"] for r in s["overall"]}
+    assert acc == {"dense": 1.0, "quest": 0.0}
+    assert json.loads((tmp_path / "summary.json").read_text())["rescored"] == 1
+
+
 def test_parse_methods_and_budgets():
     ms = parse_methods("dense,quest,h2o", "1/8,512")
     assert [m.label for m in ms] == ["dense", "quest@1/8", "quest@512", "h2o@1/8", "h2o@512"]

@@ -6,7 +6,8 @@ topics) in file order, or any ``--haystack`` (a ``.jsonl[.gz]`` corpus, optional
 inserted after ``depth`` of it, at the nearest preceding sentence or line end. Variants:
 
 * ``single`` (task ``niah``): one needle "One of the special magic numbers for {key} is:
-  {value}." at the depth; correct when the value is in the answer.
+  {value}." at the depth; correct when the answer holds the value as a whole number (RULER
+  matches substrings, which would count "54779000000" as holding 5477900).
 * ``multikey`` (task ``niah-multikey``): the needle at the depth plus ``needles - 1`` distractor
   needles with other keys at seeded random depths; the question asks for the first key's value.
 * ``multivalue`` (task ``niah-multivalue``): ``needles`` needles of the same key with different
@@ -17,6 +18,7 @@ inserted after ``depth`` of it, at the nearest preceding sentence or line end. V
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -156,12 +158,17 @@ def question_tokens(tok, variant: str = "single") -> int:
                for a in _ADJ for b in _NOUN)
 
 
+def holds(text: str, value: str) -> bool:
+    """``value`` is in ``text`` as a whole number: not part of a longer run of digits."""
+    return re.search(rf"(?<!\d){re.escape(value)}(?!\d)", text) is not None
+
+
 def score(text: str, expected) -> bool:
     if isinstance(expected, list):
-        return all(v in text for v in expected)
-    return expected in text
+        return all(holds(text, v) for v in expected)
+    return holds(text, expected)
 
 
 def recall(text: str, expected: list[str]) -> float:
     """The share of the expected values that the answer holds."""
-    return sum(v in text for v in expected) / len(expected)
+    return sum(holds(text, v) for v in expected) / len(expected)

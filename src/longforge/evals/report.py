@@ -10,6 +10,7 @@ the two policies agree on every sample (11 agreeing samples still allow a 26-poi
 difference, 44 an 8-point one)."""
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 from longforge.corpus import atomic_write_json, atomic_write_text
 from longforge.evals.runner import Method, Results
 from longforge.runs import RunFolder
+
+log = logging.getLogger(__name__)
 
 
 def _budget_key(b: str):
@@ -239,18 +242,40 @@ def heatmaps(task: str, s: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
+def rescore(rows: list[dict]) -> int:
+    """Score each row's answer again (in place) with its task's scorer as it is now, so that a
+    fix to a scorer reaches results written before it; returns how many verdicts changed."""
+    from longforge.evals import niah, passkey
+
+    changed = 0
+    for r in rows:
+        if r["task"] == "ppl":
+            continue
+        score = passkey.score if r["task"] == "passkey" else niah.score
+        ok = bool(score(r["output"], r["expected"]))
+        changed += ok != r["correct"]
+        r["correct"] = ok
+    return changed
+
+
 def write_report(out_dir: Path) -> dict:
     """Write ``summary.json`` (with the run's pinned settings), ``summary.md`` and heatmaps next
-    to ``results.jsonl``."""
+    to ``results.jsonl``; every answer is scored again (:func:`rescore`), and ``summary.json``
+    says how many stored verdicts that changed."""
     out_dir = Path(out_dir)
     rows = Results.folder(out_dir).rows
     if not rows:
         raise FileNotFoundError(f"no results in {out_dir} (results*.jsonl)")
     task = rows[0]["task"]
+    changed = rescore(rows)
+    if changed:
+        log.warning("%s: %d stored verdicts differ from the scorer's now; the report uses the "
+                    "scorer's", out_dir, changed)
     s = summarize(rows)
     pinned = RunFolder(out_dir, "eval", legacy=("config.json",)).pinned()
     settings = pinned["settings"] if pinned else {}
-    atomic_write_json(out_dir / "summary.json", {**settings, "task": task, **s})
+    atomic_write_json(out_dir / "summary.json", {**settings, "task": task, **s,
+                                                 "rescored": changed})
     atomic_write_text(out_dir / "summary.md", markdown(task, s))
     if task != "ppl":
         heatmaps(task, s, out_dir)
