@@ -7,6 +7,7 @@ settings is refused.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -47,6 +48,20 @@ def _require_device(device: str) -> str:
     return device
 
 
+@contextmanager
+def _usage_errors(hint: str):
+    """Bad settings (``ValueError``) and a C kernel that cannot be built (with ``hint``) become
+    usage errors."""
+    from longforge.sparse.backends.c_cpu import KernelBuildError
+
+    try:
+        yield
+    except KernelBuildError as exc:
+        raise typer.BadParameter(f"{exc}\n({hint})") from exc
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
 def _run(name: str, bench, settings, write, markdown, out: Path, files: str, hint: str,
          check=None) -> None:
     """Run one benchmark; bad settings and a C kernel that cannot be built become usage
@@ -56,23 +71,14 @@ def _run(name: str, bench, settings, write, markdown, out: Path, files: str, hin
     from dataclasses import asdict
 
     from longforge.runs import RunFolder
-    from longforge.sparse.backends.c_cpu import KernelBuildError
 
-    try:
+    with _usage_errors(hint):
         if check is not None:
             settings = check() or settings
-    except KernelBuildError as exc:
-        raise typer.BadParameter(f"{exc}\n({hint})") from exc
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
     run = RunFolder(out, f"bench {name}")
     run.pin({k: v for k, v in asdict(settings).items() if k != "out"})
-    try:
+    with _usage_errors(hint):
         result = bench.run(settings)
-    except KernelBuildError as exc:
-        raise typer.BadParameter(f"{exc}\n({hint})") from exc
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
     write(result, out)
     run.write_manifest({"command": result["meta"]["command"], "files": files.split(", ")})
     typer.echo(markdown(result))
