@@ -9,6 +9,14 @@ import functools
 from dataclasses import dataclass, field
 
 
+def score_for(task: str):
+    """The scorer of a grid task's answers, ``score(output_text, expected) -> bool`` (the grid
+    uses it as it runs, ``eval report`` to score stored answers again)."""
+    from longforge.evals import niah, passkey
+
+    return passkey.score if task == "passkey" else niah.score
+
+
 @dataclass(frozen=True)
 class GridJob:
     task: str                   # passkey, niah, niah-multikey, niah-multivalue
@@ -35,10 +43,11 @@ class GridJob:
         from longforge.evals import niah, passkey
 
         if self.task == "passkey":
-            return passkey.build, passkey.score, passkey.needle_free
+            return passkey.build, score_for(self.task), passkey.needle_free
         build = functools.partial(niah.build, haystack=self.haystack, variant=self.variant,
                                   needles=self.needles)
-        return build, niah.score, functools.partial(niah.needle_free, haystack=self.haystack)
+        return (build, score_for(self.task),
+                functools.partial(niah.needle_free, haystack=self.haystack))
 
     def __call__(self, shard: int = 0, num_shards: int = 1) -> dict:
         import torch

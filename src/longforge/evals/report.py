@@ -245,14 +245,13 @@ def heatmaps(task: str, s: dict, out_dir: Path) -> list[Path]:
 def rescore(rows: list[dict]) -> int:
     """Score each row's answer again (in place) with its task's scorer as it is now, so that a
     fix to a scorer reaches results written before it; returns how many verdicts changed."""
-    from longforge.evals import niah, passkey
+    from longforge.evals.grid import score_for
 
     changed = 0
     for r in rows:
         if r["task"] == "ppl":
             continue
-        score = passkey.score if r["task"] == "passkey" else niah.score
-        ok = bool(score(r["output"], r["expected"]))
+        ok = bool(score_for(r["task"])(r["output"], r["expected"]))
         changed += ok != r["correct"]
         r["correct"] = ok
     return changed
