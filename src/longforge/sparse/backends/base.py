@@ -43,6 +43,23 @@ class Backend:
         return self.attend_pages(q, store, pages, scale, key_mask, softcap, mine)
 
     # ---------------------------------------------------------------- the Quest step, once
+    def select(self, q: torch.Tensor, store: PagedKV, token_budget: int,
+               key_mask: torch.Tensor | None = None,
+               selection: str = "group") -> torch.Tensor | None:
+        """The pages one Quest step reads: ``[B, H_kv, K]`` for each KV group, or for selection
+        "head" ``[B, H_kv, G, K]`` for each query head; None when the context fits the budget
+        (the step is dense)."""
+        check_selection(selection)
+        budget_pages = store.budget_pages(token_budget)
+        if budget_pages is None:
+            return None
+        page_ok = store.page_mask(key_mask)
+        if selection == "head":
+            return top_pages(self.head_scores(q, store), budget_pages, page_ok)
+        if selection == "group":
+            return top_pages(self.group_scores(q, store), budget_pages, page_ok)
+        return top_pages_by_rank(self.head_scores(q, store), budget_pages, page_ok)
+
     def quest(self, q: torch.Tensor, store: PagedKV, token_budget: int, scale: float,
               key_mask: torch.Tensor | None = None, softcap: float | None = None,
               selection: str = "group") -> torch.Tensor:
@@ -50,19 +67,13 @@ class Backend:
         :mod:`longforge.sparse.selection`). Dense when the context fits the budget (per row:
         the short rows of a left-padded batch too); a budget below one page still keeps the
         last page."""
-        check_selection(selection)
-        budget_pages = store.budget_pages(token_budget)
-        if budget_pages is None:
+        chosen = self.select(q, store, token_budget, key_mask, selection)
+        if chosen is None:
             return self.dense(q, store, scale, key_mask, softcap)
-        page_ok = store.page_mask(key_mask)
         if selection == "head":
-            top = top_pages(self.head_scores(q, store), budget_pages, page_ok)
-            out = self.attend_head_pages(q, store, top, scale, key_mask, softcap)
+            out = self.attend_head_pages(q, store, chosen, scale, key_mask, softcap)
         else:
-            pages = (top_pages(self.group_scores(q, store), budget_pages, page_ok)
-                     if selection == "group" else
-                     top_pages_by_rank(self.head_scores(q, store), budget_pages, page_ok))
-            out = self.attend_pages(q, store, pages, scale, key_mask, softcap)
+            out = self.attend_pages(q, store, chosen, scale, key_mask, softcap)
         for r in store.rows_that_fit(token_budget, key_mask):
             out[r:r + 1] = self.dense(q[r:r + 1], store.rows(r, r + 1), scale,
                                       key_mask[r:r + 1], softcap)
