@@ -17,6 +17,17 @@ def score_for(task: str):
     return passkey.score if task == "passkey" else niah.score
 
 
+def stop_for(tokenizer, variant: str = "single", needles: int = 4):
+    """The greedy decode's stop rule of a grid's answers: one number followed by something else;
+    for multivalue, ``needles`` numbers of a value's digits (list markers do not count)."""
+    from longforge.evals import niah
+    from longforge.evals.runner import numbers_done
+
+    if variant == "multivalue":
+        return numbers_done(tokenizer, needles, digits=niah.VALUE_DIGITS)
+    return numbers_done(tokenizer, 1)
+
+
 @dataclass(frozen=True)
 class GridJob:
     task: str                   # passkey, niah, niah-multikey, niah-multivalue
@@ -52,15 +63,13 @@ class GridJob:
     def __call__(self, shard: int = 0, num_shards: int = 1) -> dict:
         import torch
 
-        from longforge.evals import niah
-        from longforge.evals.runner import numbers_done, parse_methods, run_grid
+        from longforge.evals.runner import parse_methods, run_grid
         from longforge.models import cache_dir
 
         torch.set_grad_enabled(False)
         lm = _loaded(self.model, self.device, self.dtype)
         build, score, free = self.functions()
-        stop = numbers_done(lm.tokenizer, self.needles if self.variant == "multivalue" else 1,
-                            digits=niah.VALUE_DIGITS if self.variant == "multivalue" else 1)
+        stop = stop_for(lm.tokenizer, self.variant, self.needles)
         run_grid(self.task, lm.model, lm.tokenizer, build, score, list(self.lengths),
                  list(self.depths), self.trials, parse_methods(self.methods, ""),
                  self.out, tail=self.tail, max_new=self.max_new, page_size=self.page_size,

@@ -115,10 +115,32 @@ def needle_free(tok, length: int, haystack: Haystack = SAMPLE) -> list[int]:
     return head + list(_hay_ids(tok, length - len(head), haystack))
 
 
+@dataclass(frozen=True)
+class Needle:
+    """Where a needle lies in a prompt: its tokens ``[start, end)``, its value's tokens
+    ``[value_start, value_end)``, and whether it is the one asked for (``target``)."""
+
+    key: str
+    value: str
+    start: int
+    end: int
+    value_start: int
+    value_end: int
+    target: bool
+
+
 def build(tok, length: int, depth: float, seed: int, haystack: Haystack = SAMPLE,
           variant: str = "single", needles: int = 4) -> tuple[list[int], str | list[str]]:
     """A prompt of ``length`` tokens and the expected answer (a value, or for ``multivalue`` the
     list of values)."""
+    ids, expected, _ = layout(tok, length, depth, seed, haystack, variant, needles)
+    return ids, expected
+
+
+def layout(tok, length: int, depth: float, seed: int, haystack: Haystack = SAMPLE,
+           variant: str = "single", needles: int = 4
+           ) -> tuple[list[int], str | list[str], list[Needle]]:
+    """:func:`build`'s prompt and answer, and where each needle lies in it (in prompt order)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r}: choose one of {sorted(VARIANTS)}")
     rng = random.Random(seed)
@@ -126,7 +148,7 @@ def build(tok, length: int, depth: float, seed: int, haystack: Haystack = SAMPLE
     if variant == "single":
         key = f"{rng.choice(_ADJ)}-{rng.choice(_NOUN)}"
         value = _value(rng)
-        placed = [(depth, NEEDLE.format(key=key, value=value))]
+        placed = [(depth, key, value)]
         question, expected = QUESTION.format(key=key), value
     else:
         keys = rng.sample([f"{a}-{b}" for a in _ADJ for b in _NOUN],
@@ -134,21 +156,37 @@ def build(tok, length: int, depth: float, seed: int, haystack: Haystack = SAMPLE
         values = [_value(rng) for _ in range(needles)]
         depths = [depth] + [rng.random() for _ in range(needles - 1)]
         if variant == "multikey":
-            placed = [(d, NEEDLE.format(key=k, value=v)) for d, k, v in zip(depths, keys, values)]
+            placed = list(zip(depths, keys, values))
             question, expected = QUESTION.format(key=keys[0]), values[0]
         else:
-            placed = [(d, NEEDLE.format(key=keys[0], value=v)) for d, v in zip(depths, values)]
+            placed = [(d, keys[0], v) for d, v in zip(depths, values)]
             question, expected = QUESTION_ALL.format(key=keys[0]), values
     head, q = _head(tok), enc(question)
-    texts = [(d, enc(t)) for d, t in placed]
-    n = length - len(head) - sum(len(t) for _, t in texts) - len(q)
+    texts = [enc(NEEDLE.format(key=k, value=v)) for _, k, v in placed]
+    n = length - len(head) - sum(len(t) for t in texts) - len(q)
     hay = list(_hay_ids(tok, n, haystack))
-    cuts = sorted(((_boundary(tok, hay, round(d * n)), i) for i, (d, _) in enumerate(texts)))
-    ids, prev = list(head), 0
+    cuts = sorted(((_boundary(tok, hay, round(d * n)), i) for i, (d, _, _) in enumerate(placed)))
+    ids, prev, where = list(head), 0, []
     for pos, i in cuts:
-        ids += hay[prev:pos] + texts[i][1]
+        ids += hay[prev:pos]
+        _, key, value = placed[i]
+        a, b = _value_tokens(tok, texts[i], value)
+        where.append(Needle(key, value, len(ids), len(ids) + len(texts[i]), len(ids) + a,
+                            len(ids) + b, i == 0 or variant == "multivalue"))
+        ids += texts[i]
         prev = pos
-    return ids + hay[prev:] + q, expected
+    return ids + hay[prev:] + q, expected, where
+
+
+def _value_tokens(tok, needle: list[int], value: str) -> tuple[int, int]:
+    """The tokens ``[a, b)`` of a needle's ids whose text overlaps the value's characters."""
+    text = tok.decode(needle)
+    lo = text.rindex(value)
+    hi = lo + len(value)
+    ends = [len(tok.decode(needle[:i + 1])) for i in range(len(needle))]
+    starts = [0] + ends[:-1]
+    inside = [i for i, (s, e) in enumerate(zip(starts, ends)) if s < hi and e > lo]
+    return inside[0], inside[-1] + 1
 
 
 def question_tokens(tok, variant: str = "single") -> int:
