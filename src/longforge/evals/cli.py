@@ -159,13 +159,21 @@ def niah(model: str = _MODEL, lengths: list[str] = typer.Option(["2048,4096,8192
          ray_address: str = RAY_ADDRESS, cpus_per_task: float = CPUS_PER_TASK,
          gpus_per_task: float = GPUS_PER_TASK, out_old: Path = _OUT_OLD):
     """RULER-style needles in a haystack of real text per method x budget x length x depth."""
+    task, hay, extra, max_new = _niah_setup(variant, needles, haystack, source, max_new)
+    _grid(task, model, lengths, depths, trials, methods, budgets, _output(task, output, out_old),
+          tail, max_new, page_size, dense_layers, seed, device, dtype,
+          (num_shards, executor, workers, ray_address, cpus_per_task, gpus_per_task), extra,
+          haystack=hay, variant=variant, needles=needles)
+
+
+def _niah_setup(variant: str, needles: int, haystack, source: str, max_new):
+    """``(task, Haystack, settings, max_new)`` of NIAH options, checked."""
     from longforge.evals.niah import VALUE_DIGITS, VARIANTS, Haystack
 
     if variant not in VARIANTS:
         raise typer.BadParameter(f"choose one of {sorted(VARIANTS)}", param_hint="--variant")
     if needles < 2 and variant != "single":
         raise typer.BadParameter("multikey and multivalue need at least 2", param_hint="--needles")
-    task = VARIANTS[variant]
     hay = Haystack(str(haystack) if haystack else None, source or None)
     extra = {"haystack": hay.describe(), "source": source}
     if variant != "single":
@@ -174,10 +182,43 @@ def niah(model: str = _MODEL, lengths: list[str] = typer.Option(["2048,4096,8192
         extra["stop"] = f"{needles} numbers of {VALUE_DIGITS}+ digits"
     # a listed value costs up to 13 tokens with a tokenizer of single digits ("  1. 9035508\n")
     max_new = max_new or (16 * needles if variant == "multivalue" else 12)
-    _grid(task, model, lengths, depths, trials, methods, budgets, _output(task, output, out_old),
-          tail, max_new, page_size, dense_layers, seed, device, dtype,
-          (num_shards, executor, workers, ray_address, cpus_per_task, gpus_per_task), extra,
-          haystack=hay, variant=variant, needles=needles)
+    return VARIANTS[variant], hay, extra, max_new
+
+
+@app.command()
+@command
+def pages(model: str = _MODEL, lengths: list[str] = typer.Option(["4096"]),
+          depths: list[str] = typer.Option(["0.5"]), trials: int = 1,
+          methods: list[str] = typer.Option(["dense,quest"]),
+          budgets: list[str] = typer.Option(["1024"], help=_BUDGETS.help),
+          output: Path = _OUTPUT, haystack: Path = _HAYSTACK,
+          source: str = typer.Option("python-docs", help="Corpus documents of this source only "
+                                                         "('' for all)."),
+          variant: str = typer.Option("multikey", help="single, multikey or multivalue (as "
+                                                       "eval niah)."),
+          needles: int = typer.Option(4, help="Needles of multikey / multivalue."),
+          tail: int = 64, max_new: int = typer.Option(None, help="Longest answer in tokens (as "
+                                                                 "eval niah)."),
+          page_size: int = _PAGE, dense_layers: str = _DENSE, seed: int = 0,
+          device: str = _DEVICE, dtype: str = _DTYPE):
+    """Where Quest reads: for eval niah's samples (same length, depth, trial and seed), whether
+    the pages each layer selects hold each needle's value, and the exact attention it gets."""
+    from longforge.evals import pages as mod
+    from longforge.evals.grid import score_for, stop_for
+
+    task, hay, extra, max_new = _niah_setup(variant, needles, haystack, source, max_new)
+    ms = _methods(methods, budgets)
+    for m in ms:
+        if m.name not in ("dense", "quest", "quest-rank", "quest-head"):
+            raise typer.BadParameter(f"{m.label}: only dense and Quest choose pages",
+                                     param_hint="--methods")
+    out = output or default_output("eval", f"{task}-pages")
+    lm = _load(model, device, dtype)
+    mod.run(lm.model, lm.tokenizer, task, variant, needles, hay, split(lengths, int),
+            split(depths, float), trials, ms, out, tail, max_new, page_size,
+            _dense(dense_layers), seed, stop_for(lm.tokenizer, variant, needles), score_for(task),
+            settings={"model": model, **extra})
+    typer.echo(mod.write_report(out))
 
 
 @app.command()
