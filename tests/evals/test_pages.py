@@ -10,17 +10,18 @@ from longforge.cli import app
 from longforge.evals import niah, pages
 from longforge.evals.grid import score_for, stop_for
 from longforge.evals.runner import decode, parse_methods, prefill, run_grid
-from longforge.models import load_tokenizer, tiny_model
+from longforge.models import tiny_model
 from longforge.sparse import Dense, Quest, sparse_attention
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("gemma-3-270m")
+def tok(gemma_tokenizer):
+    return gemma_tokenizer
 
 
 @pytest.fixture(scope="module")
 def model(tok):
+    """A GQA model whose every layer is global, as Qwen's (two KV heads)."""
     return tiny_model("tiny-qwen2", vocab_size=len(tok))
 
 
