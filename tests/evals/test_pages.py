@@ -71,7 +71,7 @@ def test_tracing_does_not_change_the_decode_and_records_every_layer(tok, model):
         for step in steps:
             assert [li for li, _, _ in step] == list(range(n_layers))
             for li, kept, mass in step:
-                assert len(mass) == 2 and all(len(g) == len(where) for g in mass)
+                assert len(mass) == 2 and all(len(g) == len(where) for g in mass)  # values
                 assert all(0 <= x <= 1 for g in mass for x in g)
                 if isinstance(policy, Dense) or li == 0:
                     assert kept is None  # the dense layers read everything
@@ -102,23 +102,36 @@ def test_pages_runs_the_grids_samples_resumes_and_reports(tok, model, tmp_path, 
     assert len(rows) == 4
     key = lambda r: (r["method"], r["depth"])  # noqa: E731
     assert {key(r): r["output"] for r in rows} == {key(r): r["output"] for r in grid.rows}
+    assert {len(g) for r in rows for s in r["steps"] for _, _, ms in s["layers"]
+            for g in ms} == {6}  # three values, then three keys
     monkeypatch.setattr(pages, "decode", lambda *a, **k: pytest.fail("recomputed"))
     assert len(run()) == 4
     text = pages.write_report(tmp_path / "p")
     assert text.count("| quest@64 |") == 2 and text.count("| dense |") == 2
+    assert text.count("| first digit |") == 4
     summary = json.loads((tmp_path / "p" / "pages.json").read_text())
     assert {s["method"] for s in summary} == {"dense", "quest"}
     for s in summary:
-        assert s["steps"] >= 1 and len(s["mass"]) == 3
-        assert (s["kept"] == [None] * 3) == (s["method"] == "dense")
+        assert set(pages.PHASES) <= set(s) and len(s["answer"]["value"]["mass"]) == 3
+        assert (s["question"]["key"]["kept"] == [None] * 3) == (s["method"] == "dense")
 
 
-def test_answer_steps_are_those_that_wrote_the_value():
+def test_phases_and_the_attention_weighted_share_kept():
     steps = [{"emits": None}, {"emits": " The"}, {"emits": " 1"}, {"emits": "2"},
              {"emits": "."}]
-    assert pages.answer_steps({"steps": steps}) == steps[2:4]
+    assert pages.phases({"steps": steps}) == {"question": steps[:1], "first digit": steps[2:3],
+                                              "answer": steps[2:4]}
     words = [{"emits": None}, {"emits": " none"}]
-    assert pages.answer_steps({"steps": words}) == words[1:]
+    assert pages.phases({"steps": words})["answer"] == words[1:]
+    # one dense layer (kept None) and one sparse layer of two groups, two needles
+    step = {"layers": [[0, None, [[0.5, 0.0], [0.5, 0.0]]],
+                       [1, [[1.0, 0.0], [0.0, 1.0]], [[0.3, 0.2], [0.1, 0.0]]]]}
+    got = pages.measure([step], range(2))
+    assert got["kept"] == pytest.approx([0.75, 0.0])  # 0.3 of 0.4 held; 0 of 0.2
+    assert got["mass"] == pytest.approx([1.4 / 4, 0.2 / 4])
+    dense = {"layers": [[li, None, ms] for li, _, ms in step["layers"]]}
+    assert pages.measure([dense], range(2))["kept"] == [None, None]
+    assert pages.measure([step], [1])["kept"] == [0.0]
 
 
 def test_the_cli_traces_dense_and_quest_only(tmp_path):

@@ -17,10 +17,16 @@ layer and KV group, for every needle ``n``:
   decode densely, which read everything);
 * ``mass[n]``: the share of the exact softmax attention of the step's query (the mean over the
   group's heads, over the whole cache) that falls on the value's tokens: where the query would
-  look without a budget.
+  look without a budget;
 
-Rows go to ``pages.jsonl`` (one per method and sample, resumable); ``pages.md`` summarises the
-steps that write the answer.
+and the same two for each needle's key (its words before the value, which the question's key
+matches), recorded after the values (``kept[N + n]``, ``mass[N + n]`` of N needles).
+
+Rows go to ``pages.jsonl`` (one per method and sample, resumable). ``pages.md`` and
+``pages.json`` summarise three phases (:func:`phases`: the question, the step that chooses the
+answer's first digit, the answer) by the share of the value's exact attention that Quest's
+pages held (``kept`` weighed by ``mass``: a layer that barely looks at the value counts little)
+and by the mean ``mass``.
 """
 from __future__ import annotations
 
@@ -47,7 +53,7 @@ RESULTS = "pages.jsonl"
 @dataclass
 class PageTrace(Quest):
     """Quest (or, with ``token_budget=None``, dense) decoding that records, per forward and
-    layer, ``kept`` and ``mass`` of the value tokens ``spans`` (``[a, b)`` each) per KV group.
+    layer, ``kept`` and ``mass`` of the token ``spans`` (``[a, b)`` each) per KV group.
     Batch of one."""
 
     spans: tuple[tuple[int, int], ...] = ()
@@ -116,7 +122,8 @@ def run(model, tokenizer, task: str, variant: str, needles: int, haystack, lengt
                 continue
             ids, expected, where = niah.layout(tokenizer, L, d, _seed(seed, task, L, d, t),
                                                haystack, variant, needles)
-            spans = [(n.value_start, n.value_end) for n in where]
+            spans = [*((n.value_start, n.value_end) for n in where),
+                     *((n.start, n.value_start) for n in where)]  # values, then keys
             base = prefill(model, ids[:-tail], len(ids) + max_new, False, page_size)
             for m in todo:
                 policy = trace_policy(m.policy(len(ids), page_size, dense_layers), spans)
@@ -141,31 +148,51 @@ def _round(x):
     return round(x, 4)
 
 
-def answer_steps(row: dict) -> list[dict]:
-    """The steps that wrote the answer's value: from the first step that emits a digit to the
-    last one (the whole answer when it holds no digit)."""
-    steps = [s for s in row["steps"] if s["emits"] is not None]
-    digits = [i for i, s in enumerate(steps) if any(c.isdigit() for c in s["emits"])]
-    return steps[digits[0]:digits[-1] + 1] if digits else steps
+PHASES = ("question", "first digit", "answer")
+
+
+def phases(row: dict) -> dict[str, list[dict]]:
+    """The steps of a row by phase: ``question`` (the question's tokens, before the step that
+    emits the first answer token), ``first digit`` (the step that emits the answer's first digit:
+    where the value is chosen) and ``answer`` (from that step to the one that emits the last
+    digit; every answer step when the answer holds no digit)."""
+    question = [s for s in row["steps"] if s["emits"] is None]
+    emitted = [s for s in row["steps"] if s["emits"] is not None]
+    digits = [i for i, s in enumerate(emitted) if any(c.isdigit() for c in s["emits"])]
+    answer = emitted[digits[0]:digits[-1] + 1] if digits else emitted
+    return {"question": question, "first digit": answer[:1], "answer": answer}
+
+
+def measure(steps: list[dict], spans) -> dict:
+    """Per span (indices ``spans`` of the recorded ones) over ``steps``: ``kept``, the share of
+    the exact attention the span gets in the sparse layers (summed over their groups and the
+    steps) that lies in pages Quest read (None where no layer is sparse: dense); ``mass``, the
+    mean share of a group's attention that the span gets, over every layer's groups."""
+    spans = list(spans)
+    n = len(spans)
+    num, den, total, count = [0.0] * n, [0.0] * n, [0.0] * n, 0
+    sparse = False
+    for s in steps:
+        for _, k, ms in s["layers"]:
+            for group, m in enumerate(ms):
+                count += 1
+                for j, i in enumerate(spans):
+                    total[j] += m[i]
+                    if k is not None:
+                        num[j] += m[i] * k[group][i]
+                        den[j] += m[i]
+            sparse |= k is not None
+    return {"kept": [a / b if b else None for a, b in zip(num, den)] if sparse else [None] * n,
+            "mass": [t / count if count else None for t in total]}
 
 
 def summarize(row: dict) -> dict:
-    """Over the answer's steps: per needle, the mean ``kept`` over the sparse layers' groups and
-    the mean ``mass`` over every layer's groups (and the layers where the mass is largest)."""
-    steps = answer_steps(row)
+    """:func:`measure` of each phase (:func:`phases`) for the needles' values and for their
+    keys (the needle's words before the value), and which needle the answer holds."""
     n = len(row["needles"])
-    kept = [[] for _ in range(n)]
-    mass = [[] for _ in range(n)]
-    for s in steps:
-        for _, k, ms in s["layers"]:
-            for group in range(len(ms)):
-                for j in range(n):
-                    mass[j].append(ms[group][j])
-                    if k is not None:
-                        kept[j].append(k[group][j])
-    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
-    return {"steps": len(steps), "kept": [mean(k) for k in kept],
-            "mass": [mean(m) for m in mass]}
+    return {"answered": answered(row),
+            **{p: {"value": measure(steps, range(n)), "key": measure(steps, range(n, 2 * n))}
+               for p, steps in phases(row).items()}}
 
 
 def answered(row: dict) -> int | None:
@@ -175,13 +202,15 @@ def answered(row: dict) -> int | None:
 
 
 def markdown(rows: list[dict]) -> str:
-    out = ["# Where Quest reads: the needles' values in the pages it selects", "",
+    out = ["# Where Quest reads: the needles in the pages it selects", "",
            "Per sample, the needles in prompt order (the asked-for one marked *, each with "
-           "where it starts as a share of the prompt); per method, "
-           "over the steps that wrote the answer's value: **kept**, the share of the sparse "
-           "layers' KV groups whose selected pages held the whole value (dense: -), and "
-           "**mass**, the share of the exact attention (every layer, mean over heads) that the "
-           "step's query gave the value's tokens.", ""]
+           "where it starts as a share of the prompt). Per method and phase (the question's "
+           "steps, the step that chose the answer's first digit, the steps that wrote the "
+           "answer), for each needle's value (v) and its key, the words before the value (k): "
+           "**kept**, the share of the exact attention the tokens get in the sparse layers "
+           "that lies in the pages Quest read (dense: -), and **mass**, the mean share of a KV "
+           "group's exact attention (every layer, mean over its heads) that the step's query "
+           "gives them. Cells: v kept / mass, k kept / mass.", ""]
     samples: dict[tuple, list[dict]] = {}
     for r in rows:
         samples.setdefault((r["length"], r["depth"], r["trial"]), []).append(r)
@@ -190,18 +219,26 @@ def markdown(rows: list[dict]) -> str:
         out += [f"## {rs[0]['task']}, {L} tokens, depth {d}, trial {t}", ""]
         names = [f"{'*' if n['target'] else ''}{n['value']} @ {n['start'] / L:.2f}"
                  for n in needles]
-        out += ["| method | answer | right | " + " | ".join(f"{x} kept / mass" for x in names)
-                + " |", "|---" * (3 + len(names)) + "|"]
+        out += ["| method | answer | right | phase | "
+                + " | ".join(names) + " |",
+                "|---" * (4 + len(names)) + "|"]
         for r in rs:
             s = summarize(r)
             label = r["method"] if r["method"] == "dense" else f"{r['method']}@{r['budget']}"
-            cells = [("-" if k is None else f"{100 * k:.0f}%") + f" / {100 * m:.1f}%"
-                     for k, m in zip(s["kept"], s["mass"])]
             answer = r["output"].strip().replace("|", "/").replace("\n", " ")
-            out.append(f"| {label} | {answer} | {'yes' if r['correct'] else 'no'} | "
-                       + " | ".join(cells) + " |")
+            for i, phase in enumerate(PHASES):
+                cells = [f"v {_cell(s[phase]['value'], j)}, k {_cell(s[phase]['key'], j)}"
+                         for j in range(len(needles))]
+                head = (f"| {label} | {answer} | {'yes' if r['correct'] else 'no'} |" if i == 0
+                        else "| | | |")
+                out.append(f"{head} {phase} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def _cell(m: dict, j: int) -> str:
+    kept = "-" if m["kept"][j] is None else f"{100 * m['kept'][j]:.0f}%"
+    return f"{kept} / {100 * m['mass'][j]:.1f}%"
 
 
 def write_report(out_dir: Path) -> str:
@@ -212,7 +249,6 @@ def write_report(out_dir: Path) -> str:
     text = markdown(rows)
     atomic_write_json(Path(out_dir) / "pages.json",
                       [{k: r[k] for k in ("task", "method", "budget", "length", "depth", "trial",
-                                          "output", "correct")}
-                       | {"answered": answered(r), **summarize(r)} for r in rows])
+                                          "output", "correct")} | summarize(r) for r in rows])
     atomic_write_text(Path(out_dir) / "pages.md", text)
     return text
