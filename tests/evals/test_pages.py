@@ -104,6 +104,9 @@ def test_pages_runs_the_grids_samples_resumes_and_reports(tok, model, tmp_path, 
     assert {key(r): r["output"] for r in rows} == {key(r): r["output"] for r in grid.rows}
     assert {len(g) for r in rows for s in r["steps"] for _, _, ms in s["layers"]
             for g in ms} == {6}  # three values, then three keys
+    for r in rows:  # a random model's answer may hold no digit
+        lp = r["first_digit_logprobs"]
+        assert lp is None or (len(lp) == 3 and all(x <= 0 for x in lp))
     monkeypatch.setattr(pages, "decode", lambda *a, **k: pytest.fail("recomputed"))
     assert len(run()) == 4
     text = pages.write_report(tmp_path / "p")
@@ -132,6 +135,24 @@ def test_phases_and_the_attention_weighted_share_kept():
     dense = {"layers": [[li, None, ms] for li, _, ms in step["layers"]]}
     assert pages.measure([dense], range(2))["kept"] == [None, None]
     assert pages.measure([step], [1])["kept"] == [0.0]
+
+
+def test_the_first_digits_log_probabilities_come_from_the_step_that_chose_it(tok, model):
+    ids = tok("The pass key is", add_special_tokens=False).input_ids
+    logp: list = []
+    with pages._log_probs(model, logp):
+        first = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        model.model(input_ids=torch.tensor([ids]))  # no LM head: nothing recorded
+    assert len(logp) == 1 and torch.allclose(logp[0], torch.log_softmax(first, -1))
+    model(input_ids=torch.tensor([ids]))  # the hook is gone
+    assert len(logp) == 1
+    out = tok(" is 42.", add_special_tokens=False).input_ids
+    steps = [torch.full((len(tok),), -9.0) for _ in out]
+    j = next(i for i, t in enumerate(out) if any(c.isdigit() for c in tok.decode([t])))
+    steps[j][7], steps[j][8] = -0.1, -2.5
+    assert pages.first_digit_logprobs(tok, out, steps, [7, 8, 9]) == [-0.1, -2.5, -9.0]
+    words = tok(" none", add_special_tokens=False).input_ids
+    assert pages.first_digit_logprobs(tok, words, steps[:len(words)], [7]) is None
 
 
 def test_the_cli_traces_dense_and_quest_only(tmp_path):

@@ -26,11 +26,14 @@ Rows go to ``pages.jsonl`` (one per method and sample, resumable). ``pages.md`` 
 ``pages.json`` summarise three phases (:func:`phases`: the question, the step that chooses the
 answer's first digit, the answer) by the share of the value's exact attention that Quest's
 pages held (``kept`` weighed by ``mass``: a layer that barely looks at the value counts little)
-and by the mean ``mass``.
+and by the mean ``mass``. Each row also holds, for the step that chose the answer's first digit,
+the log-probability it gave each needle's first value token (``first_digit_logprobs``): how
+close the choice between the needles came.
 """
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -127,7 +130,9 @@ def run(model, tokenizer, task: str, variant: str, needles: int, haystack, lengt
             base = prefill(model, ids[:-tail], len(ids) + max_new, False, page_size)
             for m in todo:
                 policy = trace_policy(m.policy(len(ids), page_size, dense_layers), spans)
-                out = decode(model, copy.deepcopy(base), policy, ids[-tail:], max_new, stop)
+                logp: list[torch.Tensor] = []
+                with _log_probs(model, logp):
+                    out = decode(model, copy.deepcopy(base), policy, ids[-tail:], max_new, stop)
                 text = tokenizer.decode(out, skip_special_tokens=True)
                 steps = [{"emits": tokenizer.decode([out[i - tail + 1]])
                           if i >= tail - 1 else None,
@@ -136,8 +141,33 @@ def run(model, tokenizer, task: str, variant: str, needles: int, haystack, lengt
                 res.add({**rows[m], "budget_tokens": m.tokens(len(ids), page_size),
                          "context_tokens": len(ids), "expected": expected, "output": text,
                          "correct": bool(score(text, expected)),
-                         "needles": [asdict(n) for n in where], "steps": steps})
+                         "needles": [asdict(n) for n in where], "steps": steps,
+                         "first_digit_logprobs": first_digit_logprobs(
+                             tokenizer, out, logp, [ids[n.value_start] for n in where])})
     return res.rows
+
+
+def first_digit_logprobs(tokenizer, out: list[int], logp: list[torch.Tensor],
+                         tokens: list[int]) -> list[float] | None:
+    """At the answer step that chose its first digit (``logp[j]`` chose ``out[j]``), the
+    log-probability of each of ``tokens`` (the needles' first value tokens): how close the
+    choice between the needles came. None when the answer holds no digit."""
+    first = next((j for j, tok in enumerate(out)
+                  if any(c.isdigit() for c in tokenizer.decode([tok]))), None)
+    return None if first is None else [round(float(logp[first][t]), 3) for t in tokens]
+
+
+@contextmanager
+def _log_probs(model, into: list):
+    """Append each forward's last-position log-probabilities (the LM head's) to ``into``."""
+    def hook(module, args, output):
+        into.append(torch.log_softmax(output[0, -1].float(), -1))
+
+    handle = model.get_output_embeddings().register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _round(x):
@@ -190,7 +220,7 @@ def summarize(row: dict) -> dict:
     """:func:`measure` of each phase (:func:`phases`) for the needles' values and for their
     keys (the needle's words before the value), and which needle the answer holds."""
     n = len(row["needles"])
-    return {"answered": answered(row),
+    return {"answered": answered(row), "first_digit_logprobs": row["first_digit_logprobs"],
             **{p: {"value": measure(steps, range(n)), "key": measure(steps, range(n, 2 * n))}
                for p, steps in phases(row).items()}}
 
@@ -210,7 +240,8 @@ def markdown(rows: list[dict]) -> str:
            "**kept**, the share of the exact attention the tokens get in the sparse layers "
            "that lies in the pages Quest read (dense: -), and **mass**, the mean share of a KV "
            "group's exact attention (every layer, mean over its heads) that the step's query "
-           "gives them. Cells: v kept / mass, k kept / mass.", ""]
+           "gives them. Cells: v kept / mass, k kept / mass; at the first digit also the "
+           "log-probability the step gave the needle's first value token.", ""]
     samples: dict[tuple, list[dict]] = {}
     for r in rows:
         samples.setdefault((r["length"], r["depth"], r["trial"]), []).append(r)
@@ -229,6 +260,9 @@ def markdown(rows: list[dict]) -> str:
             for i, phase in enumerate(PHASES):
                 cells = [f"v {_cell(s[phase]['value'], j)}, k {_cell(s[phase]['key'], j)}"
                          for j in range(len(needles))]
+                if phase == "first digit" and s["first_digit_logprobs"] is not None:
+                    cells = [f"{c}; log p {lp:.2f}"
+                             for c, lp in zip(cells, s["first_digit_logprobs"])]
                 head = (f"| {label} | {answer} | {'yes' if r['correct'] else 'no'} |" if i == 0
                         else "| | | |")
                 out.append(f"{head} {phase} | " + " | ".join(cells) + " |")
