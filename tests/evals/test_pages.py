@@ -146,13 +146,13 @@ def test_the_first_digits_log_probabilities_come_from_the_step_that_chose_it(tok
     assert len(logp) == 1 and torch.allclose(logp[0], torch.log_softmax(first, -1))
     model(input_ids=torch.tensor([ids]))  # the hook is gone
     assert len(logp) == 1
-    out = tok(" is 42.", add_special_tokens=False).input_ids
+    out = [tok.decode([t]) for t in tok(" is 42.", add_special_tokens=False).input_ids]
     steps = [torch.full((len(tok),), -9.0) for _ in out]
-    j = next(i for i, t in enumerate(out) if any(c.isdigit() for c in tok.decode([t])))
+    j = next(i for i, t in enumerate(out) if any(c.isdigit() for c in t))
     steps[j][7], steps[j][8] = -0.1, -2.5
-    assert pages.first_digit_logprobs(tok, out, steps, [7, 8, 9]) == [-0.1, -2.5, -9.0]
-    words = tok(" none", add_special_tokens=False).input_ids
-    assert pages.first_digit_logprobs(tok, words, steps[:len(words)], [7]) is None
+    assert pages.first_digit_logprobs(out, steps, [7, 8, 9]) == [-0.1, -2.5, -9.0]
+    words = [tok.decode([t]) for t in tok(" none", add_special_tokens=False).input_ids]
+    assert pages.first_digit_logprobs(words, steps[:len(words)], [7]) is None
 
 
 def test_the_cli_traces_dense_and_quest_only(tmp_path):

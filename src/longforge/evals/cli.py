@@ -209,7 +209,7 @@ def pages(model: str = _MODEL, lengths: list[str] = typer.Option(["4096"]),
     task, hay, extra, max_new = _niah_setup(variant, needles, haystack, source, max_new)
     ms = _methods(methods, budgets)
     for m in ms:
-        if m.name not in ("dense", "quest", "quest-rank", "quest-head"):
+        if not mod.traceable(m.policy(1, page_size, _dense(dense_layers))):
             raise typer.BadParameter(f"{m.label}: only dense and Quest choose pages",
                                      param_hint="--methods")
     out = output or default_output("eval", f"{task}-pages")

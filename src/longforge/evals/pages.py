@@ -41,8 +41,8 @@ import torch
 
 from longforge.corpus import atomic_write_json, atomic_write_text
 from longforge.evals import niah
-from longforge.evals.runner import (Results, _row, _seed, decode, pin_settings, prefill,
-                                    sample_order)
+from longforge.evals.runner import (Method, Results, _row, _seed, decode, pin_settings,
+                                    prefill, sample_order)
 from longforge.progress import progress
 from longforge.sparse.attention import probabilities
 from longforge.sparse.backends import get_backend
@@ -97,9 +97,14 @@ class PageTrace(Quest):
         return [self.records[i:i + n_layers] for i in range(0, len(self.records), n_layers)]
 
 
+def traceable(policy) -> bool:
+    """Dense and Quest (any selection) choose pages a :class:`PageTrace` can record."""
+    return isinstance(policy, (Quest, Dense))
+
+
 def trace_policy(policy, spans) -> PageTrace:
     """``policy`` (a :class:`Quest` or :class:`Dense`) as a :class:`PageTrace`."""
-    if not isinstance(policy, (Quest, Dense)):
+    if not traceable(policy):
         raise ValueError(f"eval pages traces dense and Quest; {policy.name} has no pages")
     own = {f.name: getattr(policy, f.name) for f in fields(policy) if f.init}
     if isinstance(policy, Dense):
@@ -134,8 +139,8 @@ def run(model, tokenizer, task: str, variant: str, needles: int, haystack, lengt
                 with _log_probs(model, logp):
                     out = decode(model, copy.deepcopy(base), policy, ids[-tail:], max_new, stop)
                 text = tokenizer.decode(out, skip_special_tokens=True)
-                steps = [{"emits": tokenizer.decode([out[i - tail + 1]])
-                          if i >= tail - 1 else None,
+                emits = [tokenizer.decode([tok]) for tok in out]
+                steps = [{"emits": emits[i - tail + 1] if i >= tail - 1 else None,
                           "layers": [[li, _round(k), _round(ms)] for li, k, ms in step]}
                          for i, step in enumerate(policy.steps(n_layers))]
                 res.add({**rows[m], "budget_tokens": m.tokens(len(ids), page_size),
@@ -143,17 +148,21 @@ def run(model, tokenizer, task: str, variant: str, needles: int, haystack, lengt
                          "correct": bool(score(text, expected)),
                          "needles": [asdict(n) for n in where], "steps": steps,
                          "first_digit_logprobs": first_digit_logprobs(
-                             tokenizer, out, logp, [ids[n.value_start] for n in where])})
+                             emits, logp, [ids[n.value_start] for n in where])})
     return res.rows
 
 
-def first_digit_logprobs(tokenizer, out: list[int], logp: list[torch.Tensor],
+def _has_digit(text: str) -> bool:
+    return any(c.isdigit() for c in text)
+
+
+def first_digit_logprobs(emits: list[str], logp: list[torch.Tensor],
                          tokens: list[int]) -> list[float] | None:
-    """At the answer step that chose its first digit (``logp[j]`` chose ``out[j]``), the
-    log-probability of each of ``tokens`` (the needles' first value tokens): how close the
-    choice between the needles came. None when the answer holds no digit."""
-    first = next((j for j, tok in enumerate(out)
-                  if any(c.isdigit() for c in tokenizer.decode([tok]))), None)
+    """At the answer step that chose its first digit (``logp[j]`` chose the token whose text
+    is ``emits[j]``), the log-probability of each of ``tokens`` (the needles' first value
+    tokens): how close the choice between the needles came. None when the answer holds no
+    digit."""
+    first = next((j for j, text in enumerate(emits) if _has_digit(text)), None)
     return None if first is None else [round(float(logp[first][t]), 3) for t in tokens]
 
 
@@ -188,7 +197,7 @@ def phases(row: dict) -> dict[str, list[dict]]:
     digit; every answer step when the answer holds no digit)."""
     question = [s for s in row["steps"] if s["emits"] is None]
     emitted = [s for s in row["steps"] if s["emits"] is not None]
-    digits = [i for i, s in enumerate(emitted) if any(c.isdigit() for c in s["emits"])]
+    digits = [i for i, s in enumerate(emitted) if _has_digit(s["emits"])]
     answer = emitted[digits[0]:digits[-1] + 1] if digits else emitted
     return {"question": question, "first digit": answer[:1], "answer": answer}
 
@@ -255,7 +264,7 @@ def markdown(rows: list[dict]) -> str:
                 "|---" * (4 + len(names)) + "|"]
         for r in rs:
             s = summarize(r)
-            label = r["method"] if r["method"] == "dense" else f"{r['method']}@{r['budget']}"
+            label = Method(r["method"], r["budget"]).label
             answer = r["output"].strip().replace("|", "/").replace("\n", " ")
             for i, phase in enumerate(PHASES):
                 cells = [f"v {_cell(s[phase]['value'], j)}, k {_cell(s[phase]['key'], j)}"
@@ -277,7 +286,7 @@ def _cell(m: dict, j: int) -> str:
 
 def write_report(out_dir: Path) -> str:
     """``pages.md`` and ``pages.json`` (the summary of every row) from ``pages.jsonl``."""
-    rows = Results(Path(out_dir) / RESULTS).rows if (Path(out_dir) / RESULTS).exists() else []
+    rows = Results(Path(out_dir) / RESULTS).rows
     if not rows:
         raise FileNotFoundError(f"no results in {out_dir} ({RESULTS})")
     text = markdown(rows)
